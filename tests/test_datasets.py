@@ -1,0 +1,80 @@
+"""Tests for the synthetic scenes: their physics and their bookkeeping."""
+
+import numpy as np
+import pytest
+
+import downscale as ds
+
+VARIABLES = ["lst", "precipitation", "no2", "soil_moisture"]
+
+
+@pytest.fixture(scope="module", params=VARIABLES)
+def scene(request):
+    return ds.datasets.synthetic_scene(request.param, seed=0)
+
+
+def test_coarse_is_block_mean_of_truth(scene):
+    again = ds.grid.block_mean(scene.truth, scene.factor)
+    np.testing.assert_allclose(scene.coarse.values, again.values, rtol=1e-12)
+    assert ds.grid.nesting_factor(scene.coarse, scene.truth) == 25
+    assert scene.coarse.shape == (16, 16) and scene.truth.shape == (400, 400)
+
+
+def test_values_in_physical_range(scene):
+    low, high = scene.bounds
+    values = scene.truth.values[np.isfinite(scene.truth.values)]
+    if low is not None:
+        assert values.min() >= low
+    if high is not None:
+        assert values.max() <= high
+    assert scene.truth.attrs["units"] and scene.truth.attrs["standard_name"]
+
+
+def test_stations_are_on_land_with_plausible_values(scene):
+    stations = scene.stations
+    assert 20 <= len(stations) <= 80
+    assert stations.crs.to_epsg() == 32632
+    rows = np.abs(scene.truth.y.values[:, None] - stations.y.values[None, :]).argmin(axis=0)
+    cols = np.abs(scene.truth.x.values[:, None] - stations.x.values[None, :]).argmin(axis=0)
+    assert scene.mask.values[rows, cols].all()
+    truth_at = scene.truth.values[rows, cols]
+    error = stations["value"].to_numpy() - truth_at
+    assert np.sqrt(np.mean(error**2)) < 0.2 * np.nanstd(scene.truth.values)
+
+
+def test_lst_follows_lapse_rate():
+    scene = ds.datasets.synthetic_scene("lst", seed=3)
+    valid = np.isfinite(scene.truth.values)
+    slope = np.polyfit(scene.dem.values[valid] / 1000, scene.truth.values[valid], 1)[0]
+    assert -8.0 < slope < -5.0  # -6.5 K/km plus the partial effect of NDVI, which falls with height
+
+
+def test_precipitation_is_zero_inflated_and_skewed():
+    scene = ds.datasets.synthetic_scene("precipitation", seed=1)
+    values = scene.truth.values.ravel()
+    assert 0.1 < np.mean(values == 0) < 0.6
+    wet = values[values > 0]
+    assert np.mean(wet) > np.median(wet)  # right-skewed
+
+
+def test_no2_is_lower_at_altitude():
+    scene = ds.datasets.synthetic_scene("no2", seed=2)
+    high = scene.dem.values > 2000
+    low = (scene.dem.values < 500) & scene.mask.values
+    assert np.median(scene.truth.values[high]) < np.median(scene.truth.values[low])
+
+
+def test_multi_time_scene_and_determinism():
+    a = ds.datasets.synthetic_scene("soil_moisture", seed=5, n_times=3, shape=(100, 100), factor=10)
+    b = ds.datasets.synthetic_scene("soil_moisture", seed=5, n_times=3, shape=(100, 100), factor=10)
+    assert a.coarse.dims == ("time", "y", "x") and a.coarse.sizes["time"] == 3
+    np.testing.assert_array_equal(a.truth.values, b.truth.values)
+    assert set(a.stations.columns) >= {"station_id", "time", "value", "geometry"}
+    assert len(a.stations) == 3 * 40
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="Unknown variable 'snow'; expected one of"):
+        ds.datasets.synthetic_scene("snow")
+    with pytest.raises(ValueError, match=r"not a whole number of 25 x 25 coarse blocks.*shape=\(100, 100\)"):
+        ds.datasets.synthetic_scene("lst", shape=(110, 100))
