@@ -1,0 +1,272 @@
+"""The ``downscale`` command: ``demo``, ``run``, ``validate`` and ``info``.
+
+``main(argv=None)`` is the entry point, so tests call ``main(["demo", ...])``
+on temporary folders. Progress bars and printed progress live here, never in
+the library modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+DESCRIPTION = """\
+Downscale coarse geophysical fields (about 25 km) to fine grids (250 m - 1 km)
+with covariates, a machine-learning trend and area-to-point kriging, and say
+how good the result is.
+
+Start with `downscale demo`: it downscales a built-in synthetic scene and
+writes a netCDF file, maps and a short report you can open.
+"""
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="downscale", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"downscale {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="downscale the built-in synthetic scene: netCDF, maps and a report",
+        description="Run the whole chain on a built-in synthetic scene with known truth: covariates, "
+        "trend model, area-to-point kriging of the residuals, uncertainty; then write fine.nc, "
+        "maps.png and report.md into the output folder.",
+    )
+    demo.add_argument(
+        "--variable",
+        default="lst",
+        choices=["lst", "precipitation", "no2", "soil_moisture"],
+        help="which synthetic scene to downscale (default: lst)",
+    )
+    demo.add_argument("--output", "-o", default="downscale_demo", help="output folder (default: ./downscale_demo)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic scene (default: 0)")
+    demo.add_argument(
+        "--trend",
+        default=None,
+        help="trend model: auto, none, linear, rf or lightgbm (default: the Downscaler's default)",
+    )
+
+    run = commands.add_parser(
+        "run",
+        help="operational run over netCDF time series from a YAML configuration",
+        description="Fit or load a model and downscale every time step of the configured inputs, "
+        "in tiles through dask. Outputs are written atomically; a rerun skips finished files.",
+    )
+    run.add_argument("config", help="YAML configuration file (paths in it are relative to it)")
+    run.add_argument("--dry-run", action="store_true", help="check the configuration and list the work, do nothing")
+    run.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler to use")
+    run.add_argument("--workers", type=int, default=None, help="number of local dask workers (default: from config)")
+
+    validate = commands.add_parser(
+        "validate",
+        help="score a downscaled netCDF file against station measurements",
+        description="Compare a prediction file with stations (CSV, GeoPackage or GeoJSON) and write "
+        "a report with scores, confidence intervals and figures.",
+    )
+    validate.add_argument("prediction", help="downscaled netCDF file")
+    validate.add_argument("stations", help="stations file: CSV with x/y (or lon/lat) and value columns, GPKG or GeoJSON")
+    validate.add_argument("--variable", default=None, help="variable in the netCDF file (default: the only one)")
+    validate.add_argument("--value-column", default="value", help="column of station values (default: value)")
+    validate.add_argument("--output", "-o", default=None, help="report folder (default: next to the prediction)")
+
+    info = commands.add_parser("info", help="describe a netCDF file: grid, CRS, times, variables")
+    info.add_argument("path", help="netCDF file")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the ``downscale`` command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "run":
+            from .run import run_command
+
+            return run_command(args.config, dry_run=args.dry_run, scheduler=args.scheduler, workers=args.workers)
+        if args.command == "validate":
+            from .validation.report import validate_command
+
+            return validate_command(
+                args.prediction,
+                args.stations,
+                variable=args.variable,
+                value_column=args.value_column,
+                output=args.output,
+            )
+        if args.command == "info":
+            print(describe_file(args.path))
+            return 0
+    except KeyboardInterrupt:
+        print("\nInterrupted; finished outputs are kept and a rerun resumes.", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, ImportError, OSError) as error:
+        print(f"downscale {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0  # pragma: no cover
+
+
+def describe_file(path) -> str:
+    """A short human-readable description of a netCDF file: variables, grid, CRS and times."""
+    import numpy as np
+    import xarray as xr
+
+    from . import grid as grid_module
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No such file: {path}")
+    with xr.open_dataset(path, decode_coords="all") as data:
+        lines = [f"{path}"]
+        crs = grid_module.get_crs(data)
+        lines.append(f"  CRS: {crs.to_string() if crs is not None else 'none (declare one with rio.write_crs)'}")
+        for axis in ("y", "x"):
+            if axis in data.coords:
+                values = data[axis].values
+                step = (values[-1] - values[0]) / max(len(values) - 1, 1)
+                lines.append(f"  {axis}: {len(values)} cells from {values[0]:.6g} to {values[-1]:.6g}, step {step:.6g}")
+        if "time" in data.coords:
+            times = data["time"].values
+            lines.append(f"  time: {len(np.atleast_1d(times))} steps from {np.min(times)} to {np.max(times)}")
+        lines.append("  variables:")
+        for name, variable in data.data_vars.items():
+            units = variable.attrs.get("units", "")
+            long_name = variable.attrs.get("long_name", "")
+            lines.append(f"    {name} {tuple(variable.dims)} {units} {long_name}".rstrip())
+        if "history" in data.attrs:
+            lines.append(f"  history: {data.attrs['history'].splitlines()[-1]}")
+    return "\n".join(lines)
+
+
+def _demo(args) -> int:
+    import numpy as np
+
+    import downscale as ds
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    def step(message):
+        print(f"[{time.perf_counter() - start:6.1f} s] {message}", flush=True)
+
+    step(f"Making the synthetic {args.variable} scene (seed {args.seed})")
+    scene = ds.datasets.synthetic_scene(args.variable, seed=args.seed)
+    factor = scene.factor
+    step(f"  coarse {scene.coarse.sizes['y']} x {scene.coarse.sizes['x']} cells -> fine "
+         f"{scene.truth.sizes['y']} x {scene.truth.sizes['x']} cells (factor {factor})")
+    step("Building covariates (terrain, NDVI, location)")
+    covariates = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
+    step(f"  {len(covariates.data_vars)} covariates: {', '.join(covariates.data_vars)}")
+    params = {} if args.trend is None else {"trend": args.trend}
+    model = ds.Downscaler(**params)
+    step(f"Fitting the Downscaler ({model!r})")
+    model.fit(scene.coarse, covariates)
+    chosen = getattr(model, "selected_trend_", None)
+    if chosen is not None:
+        step(f"  trend chosen by spatial cross-validation: {chosen}")
+    step("Predicting the fine field and its uncertainty")
+    fine, std = model.predict(covariates, return_std=True)
+
+    bilinear = ds.grid.upsample(scene.coarse, factor, "bilinear")
+    truth = scene.truth
+    valid = np.isfinite(truth.values) & np.isfinite(fine.values)
+
+    def rmse(a):
+        return float(np.sqrt(np.nanmean((a.values[valid] - truth.values[valid]) ** 2)))
+
+    rmse_fine, rmse_bilinear = rmse(fine), rmse(bilinear)
+    back = ds.grid.block_mean(fine, factor)
+    cells = np.isfinite(scene.coarse.values) & np.isfinite(back.values)
+    coherence = float(
+        np.max(np.abs(back.values[cells] - scene.coarse.values[cells]) / np.maximum(np.abs(scene.coarse.values[cells]), 1e-12))
+    )
+    z = 1.6448536269514722
+    inside = np.abs(truth.values - fine.values) <= z * std.values
+    coverage = float(np.mean(inside[valid & np.isfinite(std.values)]))
+
+    step("Writing fine.nc")
+    fine_path = ds.io.write_netcdf(
+        fine.to_dataset(name=fine.name or args.variable).assign({std.name or "std": std}),
+        output / "fine.nc",
+        parameters={"command": "downscale demo", "variable": args.variable, "seed": args.seed, **model.get_params(deep=False)},
+    )
+    step("Drawing maps.png")
+    figure = ds.plot.plot_maps(
+        {
+            "coarse input": scene.coarse,
+            "downscaled": fine,
+            "truth": truth,
+            "uncertainty (std)": std,
+        },
+        share=["coarse input", "downscaled", "truth"],
+        cmap={"uncertainty (std)": "magma"},
+        stations=scene.stations,
+        suptitle=f"{truth.attrs.get('long_name', args.variable)}: {factor}x downscaling of the synthetic scene",
+    )
+    maps_path = ds.plot.save_figure(figure, output / "maps.png")
+
+    step("Scoring against the stations")
+    scores = ds.validation.station_scores(fine, scene.stations, coarse=scene.coarse)
+    overall = scores.loc["overall"] if "overall" in scores.index else scores.iloc[-1]
+
+    report = [
+        f"# downscale demo: {args.variable}",
+        "",
+        f"Synthetic {truth.attrs.get('long_name', args.variable)} scene, seed {args.seed}: "
+        f"{scene.coarse.sizes['y']} x {scene.coarse.sizes['x']} coarse cells downscaled {factor}x to "
+        f"{truth.sizes['y']} x {truth.sizes['x']} fine cells.",
+        "",
+        f"Model: `{model!r}`" + (f", trend chosen by spatial CV: **{chosen}**" if chosen is not None else ""),
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| RMSE of the downscaled field against the fine truth | {rmse_fine:.4g} {truth.attrs.get('units', '')} |",
+        f"| RMSE of bilinear interpolation against the fine truth | {rmse_bilinear:.4g} |",
+        f"| ratio (downscaled / bilinear) | {rmse_fine / rmse_bilinear:.3f} |",
+        f"| coherence error, max relative over coarse cells | {coherence:.2e} |",
+        f"| share of truth pixels inside the 90% interval | {coverage:.1%} |",
+        f"| station RMSE ({len(scene.stations)} stations) | {float(overall['rmse']):.4g} |",
+        f"| station KGE | {float(overall['kge']):.3f} |",
+        "",
+        "![maps](maps.png)",
+        "",
+    ]
+    report_path = output / "report.md"
+    _write_text_atomic(report_path, "\n".join(report))
+    step(f"RMSE against truth: downscaled {rmse_fine:.4g} vs bilinear {rmse_bilinear:.4g} "
+         f"({rmse_fine / rmse_bilinear:.2f}x); coherence error {coherence:.1e}; 90% interval coverage {coverage:.0%}")
+    print(f"\nWrote:\n  {fine_path}\n  {maps_path}\n  {report_path}")
+    return 0
+
+
+def _write_text_atomic(path, text):
+    import os
+    import tempfile
+
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
