@@ -1,0 +1,43 @@
+"""Tests for the `downscale` command line (help, info, error reporting)."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from downscale import cli, grid
+
+
+def test_help_explains_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("demo", "run", "validate", "info"):
+        assert command in text
+    assert "Start with `downscale demo`" in text
+
+
+def test_no_command_prints_help(capsys):
+    assert cli.main([]) == 0
+    assert "usage: downscale" in capsys.readouterr().out
+
+
+def test_info_describes_grid_crs_and_variables(tmp_path, capsys):
+    g = grid.make_grid((3, 4), 1000.0, origin=(0.0, 0.0), crs="EPSG:32632")
+    data = xr.Dataset(
+        {"lst": (("time", "y", "x"), np.zeros((2, 3, 4)), {"units": "K", "long_name": "land surface temperature"})},
+        coords={"time": np.array(["2024-06-01", "2024-06-02"], dtype="datetime64[ns]"), **g.coords},
+    )
+    path = tmp_path / "a.nc"
+    data.to_netcdf(path)
+    assert cli.main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "EPSG:32632" in out
+    assert "x: 4 cells from 500 to 3500, step 1000" in out
+    assert "time: 2 steps" in out
+    assert "lst ('time', 'y', 'x') K land surface temperature" in out
+
+
+def test_info_on_missing_file_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["info", str(tmp_path / "nope.nc")]) == 2
+    assert "downscale info: error: No such file:" in capsys.readouterr().err
