@@ -1,10 +1,7 @@
 """Shared fixtures: small synthetic grids with known truth."""
 
-import matplotlib
 import numpy as np
 import pytest
-
-matplotlib.use("Agg")
 
 
 @pytest.fixture
