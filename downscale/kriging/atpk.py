@@ -170,7 +170,8 @@ def _predict_stack(
     if plan.kind == "simple":
         if mean is None:
             mean = np.array([np.nanmean(v) if v.any() else 0.0 for v in np.where(valid, values, np.nan)])
-        centred = values - np.asarray(mean, dtype=float).reshape(-1, 1, 1)
+        mean = np.broadcast_to(np.asarray(mean, dtype=float).ravel(), (nt,))
+        centred = values - mean.reshape(-1, 1, 1)
     else:
         centred = values
     prediction = np.full((nt, ny * f, nx * f), np.nan)
@@ -203,7 +204,7 @@ def _predict_stack(
             data = centred[time_index][:, gy, gx]  # (t, cells, k)
             estimate = data @ weights  # (t, cells, f*f)
             if plan.kind == "simple":
-                estimate += np.asarray(mean, dtype=float)[time_index].reshape(-1, 1, 1)
+                estimate += mean[time_index].reshape(-1, 1, 1)
             block = estimate.transpose(1, 0, 2).reshape(iy.size, -1, f, f)
             if times.size == nt:
                 pred5[:, iy, :, ix, :] = block
@@ -483,10 +484,6 @@ class ATPK:
         f, h = plan.factor, plan.half
         ny, nx = data.shape[-2:]
         array = data.data.reshape(-1, ny, nx)
-        # Tiles must be at least as large as the halo for dask's overlap.
-        array = array.rechunk(
-            {1: max(min(array.chunksize[1], ny), min(h, ny)), 2: max(min(array.chunksize[2], nx), min(h, nx))}
-        )
         padded = da.overlap.overlap(
             array, depth={0: 0, 1: h, 2: h}, boundary={0: "none", 1: np.nan, 2: np.nan}
         )
@@ -511,8 +508,9 @@ class ATPK:
         chunks = (
             (2,),
             array.chunks[0],
-            tuple(c * f for c in array.chunks[1]),
-            tuple(c * f for c in array.chunks[2]),
+            # dask may have merged small tiles to fit the halo: take the tiles from the padded array.
+            tuple((c - 2 * h) * f for c in padded.chunks[1]),
+            tuple((c - 2 * h) * f for c in padded.chunks[2]),
         )
         result = da.map_blocks(tile, padded, dtype=np.float64, chunks=chunks, new_axis=[0])
         return result[0], (result[1] if return_variance else None)
