@@ -460,21 +460,24 @@ class ATPK:
         shape = (*lead_shape, ny * factor, nx * factor)
         coords = {k: v for k, v in data.coords.items() if "y" not in v.dims and "x" not in v.dims}
         coords.update(y=target["y"], x=target["x"])
-        out = xr.DataArray(prediction.reshape(shape), dims=data.dims, coords=coords, name=data.name)
-        out.attrs = dict(data.attrs)
+        # The CRS travels as the 'spatial_ref' coordinate; set_crs (a deep copy) only when it is missing.
         crs = grid_module.get_crs(data)
-        if crs is not None:
-            out = grid_module.set_crs(out, crs)
+        needs_crs = crs is not None and "spatial_ref" not in coords
+
+        def wrap(values, name, attrs):
+            out = xr.DataArray(values.reshape(shape), dims=data.dims, coords=coords, name=name, attrs=attrs)
+            if "spatial_ref" in coords:
+                out.attrs["grid_mapping"] = "spatial_ref"
+            return grid_module.set_crs(out, crs) if needs_crs else out
+
+        out = wrap(prediction, data.name, dict(data.attrs))
         if not return_variance:
             return out
-        var = out.copy(data=variance.reshape(shape))
-        var.name = f"{data.name}_kriging_variance" if data.name else "kriging_variance"
-        var.attrs = {"long_name": "area-to-point kriging variance"}
+        attrs = {"long_name": "area-to-point kriging variance"}
         if "units" in data.attrs:
-            var.attrs["units"] = f"({data.attrs['units']})2"
-        if crs is not None:
-            var = grid_module.set_crs(var, crs)
-        return out, var
+            attrs["units"] = f"({data.attrs['units']})2"
+        name = f"{data.name}_kriging_variance" if data.name else "kriging_variance"
+        return out, wrap(variance, name, attrs)
 
     def _predict_dask(self, plan, row_weights, return_variance, options):
         """Tiles of coarse blocks with a halo of ``neighbours // 2`` cells (NaN beyond the grid)."""
