@@ -273,3 +273,22 @@ def test_predict_needs_fit_and_nested_grid(rng):
         model.predict(ds.grid.make_grid((25, 24), 6000.0, crs="EPSG:32632"))
     with pytest.raises(TypeError, match="must be an xarray DataArray"):
         ATPK().fit(coarse.values)
+
+
+def test_gaussian_psf_reproduces_psf_weighted_values(rng):
+    """With a Gaussian PSF the coarse value is the PSF-weighted mean of the prediction (interior cells)."""
+    from downscale.kriging.variogram import psf_kernel
+
+    coarse = coarse_field(rng, (12, 12))
+    model = ATPK(variogram=MODEL, psf="gaussian", neighbours=7).fit(coarse)
+    assert not model.coherent
+    f = 4
+    fine = model.predict(f).values
+    kernel, first = psf_kernel("gaussian", f, 1.0)
+    i, j = 6, 5  # interior cell: its PSF support lies inside the grid
+    rows = i * f + first + np.arange(kernel.size)
+    cols = j * f + first + np.arange(kernel.size)
+    weighted = np.einsum("a,b,ab->", kernel, kernel, fine[np.ix_(rows, cols)])
+    # Exact only when every neighbour the PSF touches is in the window, hence a loose tolerance
+    # (the box-PSF prediction misses it by 0.11 here, the Gaussian-PSF one by 0.01).
+    assert_allclose(weighted, coarse.values[i, j], rtol=0, atol=0.03)
