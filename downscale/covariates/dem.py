@@ -1,0 +1,935 @@
+"""Terrain covariates from a digital elevation model: slope, aspect, curvature, TPI, roughness, TWI, illumination.
+
+Every feature is computed in metres, whatever the grid: on geographic
+(lat/lon) grids the east-west cell size shrinks with the cosine of latitude
+(:func:`downscale.grid.cell_size_metres`), on projected grids the CRS unit must
+be the metre. Derivatives are finite differences on the 3 x 3 neighbourhood;
+where a neighbour is missing (the grid edge, the sea, a void) the missing
+value is replaced by the linear extrapolation of the cell and its opposite
+neighbour, which turns the central difference into a one-sided one. So every
+valid cell gets a finite value and NaN cells stay NaN: the sea never spreads
+into the land.
+
+Sign conventions: ``northness = cos(aspect)`` and ``eastness = sin(aspect)``,
+where the aspect is the compass direction the slope faces (the downslope
+direction, clockwise from north); both are 0 on flat cells. Curvatures are in
+1/m, positive where the surface is convex (hill tops, ridges: flow
+accelerates or diverges) and negative where it is concave (valley floors:
+flow decelerates or converges).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import xarray as xr
+from scipy import ndimage
+
+from .. import grid as grid_module
+
+__all__ = [
+    "DEM_FEATURES",
+    "DEFAULT_TPI_RADII",
+    "aspect",
+    "check_dem",
+    "curvature",
+    "dem_features",
+    "eastness",
+    "flow_accumulation",
+    "northness",
+    "roughness",
+    "slope",
+    "solar_illumination",
+    "solar_position",
+    "tpi",
+    "twi",
+]
+
+#: Names ``dem_features`` understands; ``"tpi"`` expands to one variable per radius, ``"aspect"``
+#: (compass degrees, discontinuous at north) and ``"solar"`` (needs a time) are not in the default set.
+DEM_FEATURES = (
+    "elevation",
+    "slope",
+    "northness",
+    "eastness",
+    "profile_curvature",
+    "plan_curvature",
+    "tpi",
+    "roughness",
+    "twi",
+    "aspect",
+    "solar",
+)
+DEFAULT_FEATURES = DEM_FEATURES[:9]
+
+#: Default radii (metres) of the topographic position index.
+DEFAULT_TPI_RADII = (1000.0, 5000.0, 15000.0)
+
+#: Smallest tan(slope) used by the wetness index, so flat cells get a large but finite value.
+MIN_TAN_SLOPE = 1e-3
+
+_METRE_UNITS = {"m", "metre", "meter", "metres", "meters", "m asl", "m a.s.l.", "m above sea level"}
+_DEGREE_UNITS = {"degrees", "degree", "deg", "degrees_east", "degrees_north", "degree_east", "degree_north"}
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def check_dem(dem, name: str = "dem") -> xr.DataArray:
+    """Check that ``dem`` is a 2-D elevation grid in metres with a CRS; return it as float64.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Saying what was expected, what was given and how to fix it.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import downscale as ds
+    >>> g = ds.grid.make_grid((3, 3), 100.0)
+    >>> check_dem(xr.DataArray(np.zeros((3, 3)), dims=("y", "x"), coords=g.coords))
+    Traceback (most recent call last):
+    ...
+    ValueError: dem has no CRS, so its cell size in metres is unknown. Declare it, e.g. `downscale.grid.set_crs(dem, 'EPSG:32632')` for a projected grid in metres or `downscale.grid.set_crs(dem, 'EPSG:4326')` for lat/lon.
+    """
+    if isinstance(dem, xr.Dataset):
+        variables = list(dem.data_vars)
+        if len(variables) != 1:
+            raise ValueError(
+                f"{name} must be a DataArray of elevation; got a Dataset with variables {variables}. "
+                f"Pass one of them, e.g. `{name}['{variables[0] if variables else 'elevation'}']`."
+            )
+        dem = dem[variables[0]]
+    if not isinstance(dem, xr.DataArray):
+        raise TypeError(f"{name} must be an xarray DataArray of elevation (m), got {type(dem).__name__}.")
+    grid_module.check_grid(dem, name=name)
+    if dem.ndim != 2:
+        extra = [d for d in dem.dims if d not in ("y", "x")]
+        raise ValueError(
+            f"{name} must be 2-D with dims ('y', 'x'); it has dims {dem.dims}. "
+            f"Select one field, e.g. `{name}.isel({extra[0]}=0)`."
+        )
+    crs = grid_module.get_crs(dem)
+    if crs is None:
+        x_units = str(dem["x"].attrs.get("units", "")).lower()
+        if x_units in _DEGREE_UNITS:
+            raise ValueError(
+                f"{name} has no CRS and its x coordinate is in '{x_units}', so it cannot be used as "
+                f"metres. Declare the CRS, e.g. `downscale.grid.set_crs({name}, 'EPSG:4326')`."
+            )
+        raise ValueError(
+            f"{name} has no CRS, so its cell size in metres is unknown. Declare it, e.g. "
+            f"`downscale.grid.set_crs({name}, 'EPSG:32632')` for a projected grid in metres or "
+            f"`downscale.grid.set_crs({name}, 'EPSG:4326')` for lat/lon."
+        )
+    grid_module.cell_size_metres(dem)  # raises for a projected CRS whose unit is not the metre
+    units = dem.attrs.get("units")
+    if units is not None and str(units).strip().lower() not in _METRE_UNITS:
+        raise ValueError(
+            f"{name} has units {units!r}; elevation must be in metres. Convert it first, e.g. "
+            f"`{name} = ({name} * 0.3048).assign_attrs(units='m')` for feet."
+        )
+    dem = dem.transpose("y", "x")
+    if dem.dtype != np.float64:
+        dem = dem.astype(np.float64)
+    return dem
+
+
+def _steps_metres(dem):
+    """Signed distance in metres between neighbouring rows (northward) and columns (eastward).
+
+    Returns ``(step_north, step_east)``: a scalar and a ``(ny, 1)`` array. A positive
+    ``step_north`` means the row index runs northward.
+    """
+    dy_m, dx_m = grid_module.cell_size_metres(dem)
+    sign_y = np.sign(grid_module.grid_step(dem["y"].values, "'y'"))
+    sign_x = np.sign(grid_module.grid_step(dem["x"].values, "'x'"))
+    return float(sign_y * dy_m[0]), (sign_x * dx_m)[:, None]
+
+
+# --------------------------------------------------------------------------- finite differences
+
+
+def _shifted(z, axis):
+    """Neighbours of every cell before and after it along ``axis``, NaN beyond the edges."""
+    before = np.full_like(z, np.nan)
+    after = np.full_like(z, np.nan)
+    if axis == 0:
+        before[1:] = z[:-1]
+        after[:-1] = z[1:]
+    else:
+        before[:, 1:] = z[:, :-1]
+        after[:, :-1] = z[:, 1:]
+    return before, after
+
+
+def _differences(z, axis, h, second=True):
+    """First (and second) derivative along ``axis`` with spacing ``h``, one-sided next to gaps.
+
+    A missing neighbour is replaced by ``2 * z - other``, the linear extrapolation
+    through the cell, so the central difference becomes one-sided and the second
+    derivative zero; a cell with both neighbours missing gets zero.
+    """
+    has_gaps = bool(np.isnan(z).any())
+    if not has_gaps:
+        first = np.empty_like(z)
+        second_d = np.zeros_like(z) if second else None
+        inner = (slice(1, -1), slice(None)) if axis == 0 else (slice(None), slice(1, -1))
+        ahead = (slice(2, None), slice(None)) if axis == 0 else (slice(None), slice(2, None))
+        behind = (slice(None, -2), slice(None)) if axis == 0 else (slice(None), slice(None, -2))
+        h_inner = h if np.ndim(h) == 0 or axis == 1 else h
+        n = z.shape[axis]
+        if n < 2:
+            first[...] = 0.0
+            return first, second_d
+        first[inner] = (z[ahead] - z[behind]) / (2.0 * _take(h_inner, inner, axis))
+        head = (slice(0, 1), slice(None)) if axis == 0 else (slice(None), slice(0, 1))
+        head_next = (slice(1, 2), slice(None)) if axis == 0 else (slice(None), slice(1, 2))
+        tail = (slice(-1, None), slice(None)) if axis == 0 else (slice(None), slice(-1, None))
+        tail_prev = (slice(-2, -1), slice(None)) if axis == 0 else (slice(None), slice(-2, -1))
+        first[head] = (z[head_next] - z[head]) / _take(h, head, axis)
+        first[tail] = (z[tail] - z[tail_prev]) / _take(h, tail, axis)
+        if second:
+            second_d[inner] = (z[ahead] - 2.0 * z[inner] + z[behind]) / _take(h, inner, axis) ** 2
+        return first, second_d
+    before, after = _shifted(z, axis)
+    missing_before = np.isnan(before)
+    missing_after = np.isnan(after)
+    before = np.where(missing_before, np.where(missing_after, z, 2.0 * z - after), before)
+    after = np.where(missing_after, 2.0 * z - before, after)
+    first = (after - before) / (2.0 * h)
+    second_d = (after - 2.0 * z + before) / h**2 if second else None
+    return first, second_d
+
+
+def _take(h, index, axis):
+    """The part of the spacing ``h`` (scalar or (ny, 1)) that matches a slice of the grid."""
+    if np.ndim(h) == 0 or axis == 1:
+        return h
+    return h[index[0]]
+
+
+def _smooth_121(values, axis):
+    """NaN-aware [1, 2, 1] / 4 smoothing along ``axis`` (Horn's weights); NaN cells stay NaN."""
+    before, after = _shifted(values, axis)
+    if not np.isnan(values).any():
+        # Only the edges miss a neighbour: there the weights are [2, 1] / 3.
+        out = np.empty_like(values)
+        inner = (slice(1, -1), slice(None)) if axis == 0 else (slice(None), slice(1, -1))
+        out[inner] = 0.25 * before[inner] + 0.5 * values[inner] + 0.25 * after[inner]
+        for edge, other in ((0, 1), (-1, -2)):
+            e = (edge, slice(None)) if axis == 0 else (slice(None), edge)
+            o = (other, slice(None)) if axis == 0 else (slice(None), other)
+            if values.shape[axis] > 1:
+                out[e] = (2.0 * values[e] + values[o]) / 3.0
+            else:
+                out[e] = values[e]
+        return out
+    valid_before = np.isfinite(before)
+    valid_after = np.isfinite(after)
+    total = 2.0 * values + np.where(valid_before, before, 0.0) + np.where(valid_after, after, 0.0)
+    weight = 2.0 + valid_before + valid_after
+    return total / weight
+
+
+class _Derivatives:
+    """Lazily computed partial derivatives of a DEM in metres (east = x, north = y)."""
+
+    def __init__(self, dem, method="horn"):
+        if method not in ("horn", "central"):
+            raise ValueError(f"method must be 'horn' or 'central', got {method!r}.")
+        self.dem = dem
+        self.z = np.asarray(dem.values, dtype=np.float64)
+        self.nan = np.isnan(self.z)
+        self.method = method
+        self.step_north, self.step_east = _steps_metres(dem)
+        self._cache = {}
+
+    def _x(self):
+        if "x" not in self._cache:
+            self._cache["x"] = _differences(self.z, 1, self.step_east)
+        return self._cache["x"]
+
+    def _y(self):
+        if "y" not in self._cache:
+            self._cache["y"] = _differences(self.z, 0, self.step_north)
+        return self._cache["y"]
+
+    @property
+    def p(self):
+        """dz/d(east), central differences."""
+        return self._x()[0]
+
+    @property
+    def q(self):
+        """dz/d(north), central differences."""
+        return self._y()[0]
+
+    @property
+    def r(self):
+        return self._x()[1]
+
+    @property
+    def t(self):
+        return self._y()[1]
+
+    @property
+    def s(self):
+        if "s" not in self._cache:
+            self._cache["s"] = _differences(self.p, 0, self.step_north, second=False)[0]
+        return self._cache["s"]
+
+    @property
+    def gradient(self):
+        """(dz/d(east), dz/d(north)) used for slope and aspect: Horn's 3 x 3 weights or central."""
+        if "gradient" not in self._cache:
+            if self.method == "horn":
+                self._cache["gradient"] = (_smooth_121(self.p, 0), _smooth_121(self.q, 1))
+            else:
+                self._cache["gradient"] = (self.p, self.q)
+        return self._cache["gradient"]
+
+    @property
+    def tan_slope(self):
+        if "tan_slope" not in self._cache:
+            gx, gy = self.gradient
+            self._cache["tan_slope"] = np.hypot(gx, gy)
+        return self._cache["tan_slope"]
+
+
+def _wrap(values, dem, name, long_name, units, **attrs):
+    """Put a feature array on the DEM's grid with CF attributes and the DEM's CRS."""
+    out = xr.DataArray(
+        values,
+        dims=("y", "x"),
+        coords={"y": dem["y"], "x": dem["x"]},
+        name=name,
+        attrs={"long_name": long_name, "units": units, **attrs},
+    )
+    crs = grid_module.get_crs(dem)
+    return grid_module.set_crs(out, crs) if crs is not None else out
+
+
+def _as_derivatives(dem, method="horn"):
+    if isinstance(dem, _Derivatives):
+        return dem
+    return _Derivatives(check_dem(dem), method=method)
+
+
+# --------------------------------------------------------------------------- slope, aspect, curvature
+
+
+def slope(dem, method: str = "horn") -> xr.DataArray:
+    """Slope angle in degrees (0 flat, 90 vertical).
+
+    Parameters
+    ----------
+    dem : xarray.DataArray
+        Elevation (m) on a grid with a CRS.
+    method : {"horn", "central"}
+        ``"horn"``: Horn's (1981) 3 x 3 weights, as in GDAL, ArcGIS and xarray-spatial;
+        ``"central"``: plain central differences (``numpy.gradient``).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import downscale as ds
+    >>> g = ds.grid.make_grid((5, 5), 100.0, crs="EPSG:32632")
+    >>> plane = xr.DataArray(np.broadcast_to(g.x.values, (5, 5)) * 0.1, dims=("y", "x"), coords=g.coords)
+    >>> float(np.round(slope(ds.grid.set_crs(plane, "EPSG:32632"))[2, 2], 4))   # atan(0.1)
+    5.7106
+    """
+    d = _as_derivatives(dem, method)
+    values = np.degrees(np.arctan(d.tan_slope))
+    return _wrap(values, d.dem, "slope", "slope angle", "degree", method=method)
+
+
+def _aspect_components(d):
+    gx, gy = d.gradient
+    magnitude = d.tan_slope
+    flat = ~(magnitude > 1e-12)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        north = np.where(flat, 0.0, -gy / magnitude)
+        east = np.where(flat, 0.0, -gx / magnitude)
+    north[d.nan] = np.nan
+    east[d.nan] = np.nan
+    return north, east
+
+
+def northness(dem, method: str = "horn") -> xr.DataArray:
+    """Cosine of the aspect: 1 on slopes facing north, -1 facing south, 0 facing east/west or flat.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import downscale as ds
+    >>> g = ds.grid.make_grid((4, 4), 100.0, crs="EPSG:32632")
+    >>> z = xr.DataArray(-np.broadcast_to(g.y.values[:, None], (4, 4)), dims=("y", "x"), coords=g.coords)
+    >>> float(northness(ds.grid.set_crs(z, "EPSG:32632"))[1, 1])   # z falls northward: faces north
+    1.0
+    """
+    d = _as_derivatives(dem, method)
+    return _wrap(
+        _aspect_components(d)[0], d.dem, "northness", "northness: cosine of the aspect (1 = facing north)", "1"
+    )
+
+
+def eastness(dem, method: str = "horn") -> xr.DataArray:
+    """Sine of the aspect: 1 on slopes facing east, -1 facing west, 0 facing north/south or flat."""
+    d = _as_derivatives(dem, method)
+    return _wrap(
+        _aspect_components(d)[1], d.dem, "eastness", "eastness: sine of the aspect (1 = facing east)", "1"
+    )
+
+
+def aspect(dem, method: str = "horn") -> xr.DataArray:
+    """Aspect: compass direction the slope faces (downslope), degrees clockwise from north in [0, 360).
+
+    Flat cells are NaN. As a covariate prefer :func:`northness` and :func:`eastness`,
+    which are continuous (aspect jumps from 359 to 0 at north).
+    """
+    d = _as_derivatives(dem, method)
+    north, east = _aspect_components(d)
+    flat = ~(d.tan_slope > 1e-12)
+    values = np.mod(np.degrees(np.arctan2(east, north)), 360.0)
+    values[flat | d.nan] = np.nan
+    return _wrap(values, d.dem, "aspect", "aspect: downslope direction clockwise from north", "degree")
+
+
+def curvature(dem) -> tuple[xr.DataArray, xr.DataArray]:
+    """Profile and plan curvature (1/m), from Evans/Zevenbergen-Thorne second derivatives.
+
+    With ``p, q`` the first and ``r, s, t`` the second partial derivatives of
+    elevation along east and north (Florinsky 2016, eqs. 2.12 and 2.6)::
+
+        profile = -(p**2 r + 2 p q s + q**2 t) / ((p**2 + q**2) (1 + p**2 + q**2) ** 1.5)
+        plan    = -(q**2 r - 2 p q s + p**2 t) / (p**2 + q**2) ** 1.5
+
+    The profile curvature is the curvature of the surface along the slope
+    line; the plan curvature is the curvature of the contour line. Both are
+    positive on convex ground (ridges, tops) and negative on concave ground
+    (valleys, hollows), and 0 on flat cells, where they are undefined.
+
+    Returns
+    -------
+    profile, plan : xarray.DataArray
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import downscale as ds
+    >>> g = ds.grid.make_grid((21, 21), 10.0, origin=(-105.0, -105.0), crs="EPSG:32632")
+    >>> x, y = np.meshgrid(g.x.values, g.y.values)
+    >>> bowl = ds.grid.set_crs(xr.DataArray(1e-3 * (x**2 + y**2) / 2, dims=("y", "x"), coords=g.coords), "EPSG:32632")
+    >>> profile, plan = curvature(bowl)
+    >>> float(plan[10, 15])   # contour circle of radius 50 m, concave: -1 / 50
+    -0.02
+    """
+    d = _as_derivatives(dem, "central")
+    p, q, r, s, t = d.p, d.q, d.r, d.s, d.t
+    p2, q2 = p * p, q * q
+    gradient2 = p2 + q2
+    flat = ~(gradient2 > 1e-20)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        profile = -(p2 * r + 2.0 * p * q * s + q2 * t) / (gradient2 * (1.0 + gradient2) ** 1.5)
+        plan = -(q2 * r - 2.0 * p * q * s + p2 * t) / gradient2**1.5
+    profile[flat] = 0.0
+    plan[flat] = 0.0
+    profile[d.nan] = np.nan
+    plan[d.nan] = np.nan
+    return (
+        _wrap(profile, d.dem, "profile_curvature", "profile curvature (along the slope; > 0 convex)", "m-1"),
+        _wrap(plan, d.dem, "plan_curvature", "plan curvature (of the contour; > 0 convex)", "m-1"),
+    )
+
+
+# --------------------------------------------------------------------------- neighbourhood statistics
+
+
+def _box_mean(values, half_rows, half_cols):
+    """NaN-aware mean over a (2 half_rows + 1) x (2 half_cols + 1) window, shrunk at the edges."""
+    size = (2 * half_rows + 1, 2 * half_cols + 1)
+    gaps = np.isnan(values)
+    filled = np.where(gaps, 0.0, values) if gaps.any() else values
+    total = ndimage.uniform_filter(filled, size=size, mode="constant", cval=0.0)
+    if gaps.any():
+        count = ndimage.uniform_filter((~gaps).astype(np.float64), size=size, mode="constant", cval=0.0)
+    else:
+        # Without gaps the count is separable: the product of the 1-D window lengths inside the grid.
+        count = np.outer(_window_fraction(values.shape[0], half_rows), _window_fraction(values.shape[1], half_cols))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+    mean[gaps] = np.nan
+    return mean
+
+
+def _window_fraction(n, half):
+    """Fraction of a centred 1-D window of 2 half + 1 cells that lies inside an axis of n cells."""
+    index = np.arange(n)
+    low = np.maximum(index - half, 0)
+    high = np.minimum(index + half, n - 1)
+    return (high - low + 1) / (2 * half + 1)
+
+
+def _radius_in_cells(dem, radius):
+    """Half-widths (rows, cols) in cells of a window of ``radius`` metres, at least one cell."""
+    dy_m, dx_m = grid_module.cell_size_metres(dem)
+    mid = dx_m.size // 2
+    half_rows = int(round(radius / dy_m[mid]))
+    half_cols = int(round(radius / dx_m[mid]))
+    if half_rows < 1 or half_cols < 1:
+        warnings.warn(
+            f"TPI radius {radius:g} m is smaller than a cell ({dy_m[mid]:.4g} m x {dx_m[mid]:.4g} m); "
+            f"using a 3 x 3 window instead.",
+            stacklevel=3,
+        )
+    return max(half_rows, 1), max(half_cols, 1)
+
+
+def _radius_label(radius):
+    radius = float(radius)
+    if radius >= 1000 and radius % 1000 == 0:
+        return f"{int(radius // 1000)}km"
+    return f"{radius:g}m".replace(".", "p")
+
+
+def tpi(dem, radius: float) -> xr.DataArray:
+    """Topographic position index: elevation minus the mean elevation within ``radius`` metres (m).
+
+    The neighbourhood is a square window of half-width ``radius`` (the cell
+    itself included), shrunk at the grid edges and NaN-aware, computed with a
+    running-sum filter so that large radii cost no more than small ones. On
+    geographic grids the window's width in columns is set at the middle
+    latitude of the grid. Positive on ridges and hill tops, negative in valleys.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import downscale as ds
+    >>> g = ds.grid.make_grid((5, 5), 100.0, crs="EPSG:32632")
+    >>> z = np.zeros((5, 5)); z[2, 2] = 9.0
+    >>> peak = ds.grid.set_crs(xr.DataArray(z, dims=("y", "x"), coords=g.coords), "EPSG:32632")
+    >>> float(tpi(peak, 100.0)[2, 2])   # 9 - 9 / 9
+    8.0
+    """
+    dem = check_dem(dem)
+    radius = float(radius)
+    if not radius > 0:
+        raise ValueError(f"The TPI radius must be a positive distance in metres, got {radius!r}.")
+    half_rows, half_cols = _radius_in_cells(dem, radius)
+    z = np.asarray(dem.values)
+    values = z - _box_mean(z, half_rows, half_cols)
+    return _wrap(
+        values,
+        dem,
+        f"tpi_{_radius_label(radius)}",
+        f"topographic position index, radius {radius:g} m",
+        "m",
+        radius=radius,
+    )
+
+
+def roughness(dem) -> xr.DataArray:
+    """Terrain roughness: standard deviation of elevation in the 3 x 3 neighbourhood (m), NaN-aware.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import downscale as ds
+    >>> g = ds.grid.make_grid((3, 3), 100.0, crs="EPSG:32632")
+    >>> z = ds.grid.set_crs(xr.DataArray(np.arange(9.0).reshape(3, 3), dims=("y", "x"), coords=g.coords), "EPSG:32632")
+    >>> round(float(roughness(z)[1, 1]), 4)   # std of 0..8
+    2.582
+    """
+    dem = check_dem(dem)
+    z = np.asarray(dem.values)
+    # Remove a global offset first so that E[z^2] - E[z]^2 does not lose precision at high elevations.
+    offset = float(np.nanmean(z)) if np.isfinite(z).any() else 0.0
+    centred = z - offset
+    mean = _box_mean(centred, 1, 1)
+    mean_square = _box_mean(centred * centred, 1, 1)
+    values = np.sqrt(np.maximum(mean_square - mean * mean, 0.0))
+    return _wrap(values, dem, "roughness", "terrain roughness: standard deviation of elevation in 3 x 3 cells", "m")
+
+
+# --------------------------------------------------------------------------- flow and wetness
+
+
+def _flow_kernels():
+    """Compile (once) the numba kernels for priority-flood routing and accumulation."""
+    global _FLOW_KERNELS
+    if _FLOW_KERNELS is not None:
+        return _FLOW_KERNELS
+    try:
+        import numba
+    except ImportError as error:  # numba comes with shap, a dependency of downscale
+        raise ImportError(
+            "The topographic wetness index needs numba (installed with shap): `pip install numba`."
+        ) from error
+
+    @numba.njit(cache=True)
+    def route(z):
+        ny, nx = z.shape
+        n = ny * nx
+        receiver = np.full(n, -1, np.int64)
+        order = np.empty(n, np.int64)
+        closed = np.zeros(n, np.bool_)
+        heap_key = np.empty(n, np.float64)
+        heap_seq = np.empty(n, np.int64)
+        heap_cell = np.empty(n, np.int64)
+        size = 0
+        counter = 0
+        drow = np.array([-1, -1, -1, 0, 0, 1, 1, 1])
+        dcol = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
+        # Seeds: valid cells on the grid edge or next to a missing cell drain out of the grid.
+        for i in range(ny):
+            for j in range(nx):
+                if np.isnan(z[i, j]):
+                    continue
+                seed = i == 0 or j == 0 or i == ny - 1 or j == nx - 1
+                if not seed:
+                    for k in range(8):
+                        if np.isnan(z[i + drow[k], j + dcol[k]]):
+                            seed = True
+                            break
+                if seed:
+                    c = i * nx + j
+                    closed[c] = True
+                    # push
+                    pos = size
+                    size += 1
+                    key = z[i, j]
+                    while pos > 0:
+                        parent = (pos - 1) // 2
+                        if heap_key[parent] < key or (heap_key[parent] == key and heap_seq[parent] < counter):
+                            break
+                        heap_key[pos] = heap_key[parent]
+                        heap_seq[pos] = heap_seq[parent]
+                        heap_cell[pos] = heap_cell[parent]
+                        pos = parent
+                    heap_key[pos] = key
+                    heap_seq[pos] = counter
+                    heap_cell[pos] = c
+                    counter += 1
+        count = 0
+        while size > 0:
+            c = heap_cell[0]
+            level = heap_key[0]
+            # pop: move the last element to the root and sift it down
+            size -= 1
+            last_key = heap_key[size]
+            last_seq = heap_seq[size]
+            last_cell = heap_cell[size]
+            pos = 0
+            while True:
+                child = 2 * pos + 1
+                if child >= size:
+                    break
+                other = child + 1
+                if other < size and (
+                    heap_key[other] < heap_key[child]
+                    or (heap_key[other] == heap_key[child] and heap_seq[other] < heap_seq[child])
+                ):
+                    child = other
+                if heap_key[child] > last_key or (heap_key[child] == last_key and heap_seq[child] > last_seq):
+                    break
+                heap_key[pos] = heap_key[child]
+                heap_seq[pos] = heap_seq[child]
+                heap_cell[pos] = heap_cell[child]
+                pos = child
+            if size > 0:
+                heap_key[pos] = last_key
+                heap_seq[pos] = last_seq
+                heap_cell[pos] = last_cell
+            order[count] = c
+            count += 1
+            i = c // nx
+            j = c - i * nx
+            for k in range(8):
+                ii = i + drow[k]
+                jj = j + dcol[k]
+                if ii < 0 or jj < 0 or ii >= ny or jj >= nx:
+                    continue
+                nb = ii * nx + jj
+                if closed[nb] or np.isnan(z[ii, jj]):
+                    continue
+                closed[nb] = True
+                receiver[nb] = c
+                # Cells in a depression are flooded to the spill level: they drain through it.
+                key = max(z[ii, jj], level)
+                pos = size
+                size += 1
+                while pos > 0:
+                    parent = (pos - 1) // 2
+                    if heap_key[parent] < key or (heap_key[parent] == key and heap_seq[parent] < counter):
+                        break
+                    heap_key[pos] = heap_key[parent]
+                    heap_seq[pos] = heap_seq[parent]
+                    heap_cell[pos] = heap_cell[parent]
+                    pos = parent
+                heap_key[pos] = key
+                heap_seq[pos] = counter
+                heap_cell[pos] = nb
+                counter += 1
+        return receiver, order[:count]
+
+    @numba.njit(cache=True)
+    def accumulate(weights, receiver, order):
+        total = weights.copy()
+        for index in range(order.size - 1, -1, -1):
+            c = order[index]
+            r = receiver[c]
+            if r >= 0:
+                total[r] += total[c]
+        return total
+
+    _FLOW_KERNELS = (route, accumulate)
+    return _FLOW_KERNELS
+
+
+_FLOW_KERNELS = None
+
+
+def flow_accumulation(dem) -> xr.DataArray:
+    """Upslope contributing area (m2) of every cell by D8 routing with depressions breached.
+
+    Each cell drains to one of its 8 neighbours. The routing is a priority
+    flood (Barnes et al. 2014) started from the grid edge and from cells next
+    to missing ones (the sea, voids), which drain out of the grid: every cell
+    drains to the lowest neighbour through which it connects to an outlet, so
+    depressions fill to their spill level and pass their flow on instead of
+    swallowing it. The contributing area includes the cell itself.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import downscale as ds
+    >>> g = ds.grid.make_grid((3, 5), 10.0, crs="EPSG:32632")
+    >>> z = np.array([[9.0] * 5, [1.0, 2.0, 3.0, 4.0, 5.0], [9.0] * 5])
+    >>> valley = ds.grid.set_crs(xr.DataArray(z, dims=("y", "x"), coords=g.coords), "EPSG:32632")
+    >>> flow_accumulation(valley).values[1].tolist()   # the valley drains west; edge cells drain out
+    [400.0, 300.0, 200.0, 100.0, 100.0]
+    """
+    dem = check_dem(dem)
+    z = np.ascontiguousarray(dem.values, dtype=np.float64)
+    route, accumulate = _flow_kernels()
+    receiver, order = route(z)
+    area = grid_module.cell_area(dem).values.ravel().astype(np.float64)
+    total = accumulate(area, receiver, order).reshape(z.shape)
+    total[np.isnan(z)] = np.nan
+    return _wrap(total, dem, "flow_accumulation", "upslope contributing area (D8)", "m2")
+
+
+def twi(dem, method: str = "horn") -> xr.DataArray:
+    """Topographic wetness index ``ln(a / tan(slope))`` (Beven and Kirkby 1979).
+
+    ``a`` is the specific catchment area: the upslope contributing area
+    (:func:`flow_accumulation`) per unit contour width, taken as the cell
+    width. ``tan(slope)`` is floored at 0.001 so that flat cells get a large,
+    finite value. High in valley floors and hollows, low on ridges.
+    """
+    d = _as_derivatives(dem, method)
+    area = flow_accumulation(d.dem).values
+    cell_width = np.sqrt(grid_module.cell_area(d.dem).values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.log(area / cell_width / np.maximum(d.tan_slope, MIN_TAN_SLOPE))
+    return _wrap(values, d.dem, "twi", "topographic wetness index ln(a / tan(slope)), a in m", "1")
+
+
+# --------------------------------------------------------------------------- illumination
+
+
+def solar_position(time, lat, lon):
+    """Solar zenith and azimuth angles (degrees) at a UTC time, NOAA's low-accuracy formulas (~0.5 degree).
+
+    Parameters
+    ----------
+    time : anything :class:`numpy.datetime64` accepts, in UTC
+    lat, lon : float or array, degrees
+
+    Returns
+    -------
+    zenith, azimuth : float or array; azimuth clockwise from north
+
+    Examples
+    --------
+    >>> zenith, azimuth = solar_position("2024-06-21T12:00", 0.0, 0.0)
+    >>> round(float(zenith))   # at noon on the solstice the sun stands 23.4 degrees north of the equator
+    23
+    """
+    when = np.datetime64(time, "s")
+    year_start = when.astype("datetime64[Y]")
+    day_of_year = (when - year_start.astype("datetime64[s]")).astype(float) / 86400.0  # 0-based, fractional
+    hours = (day_of_year % 1.0) * 24.0
+    days_in_year = float(((year_start + 1).astype("datetime64[D]") - year_start.astype("datetime64[D]")).astype(int))
+    gamma = 2.0 * np.pi / days_in_year * (np.floor(day_of_year) + (hours - 12.0) / 24.0)
+    equation_of_time = 229.18 * (
+        0.000075
+        + 0.001868 * np.cos(gamma)
+        - 0.032077 * np.sin(gamma)
+        - 0.014615 * np.cos(2 * gamma)
+        - 0.040849 * np.sin(2 * gamma)
+    )
+    declination = (
+        0.006918
+        - 0.399912 * np.cos(gamma)
+        + 0.070257 * np.sin(gamma)
+        - 0.006758 * np.cos(2 * gamma)
+        + 0.000907 * np.sin(2 * gamma)
+        - 0.002697 * np.cos(3 * gamma)
+        + 0.00148 * np.sin(3 * gamma)
+    )
+    lat_r = np.deg2rad(np.asarray(lat, dtype=float))
+    true_solar_minutes = hours * 60.0 + equation_of_time + 4.0 * np.asarray(lon, dtype=float)
+    hour_angle = np.deg2rad(true_solar_minutes / 4.0 - 180.0)
+    cos_zenith = np.sin(lat_r) * np.sin(declination) + np.cos(lat_r) * np.cos(declination) * np.cos(hour_angle)
+    zenith = np.arccos(np.clip(cos_zenith, -1.0, 1.0))
+    # Azimuth clockwise from north, from the east and north components of the sun direction.
+    east = -np.cos(declination) * np.sin(hour_angle)
+    north = np.cos(lat_r) * np.sin(declination) - np.sin(lat_r) * np.cos(declination) * np.cos(hour_angle)
+    azimuth = np.mod(np.degrees(np.arctan2(east, north)), 360.0)
+    return np.degrees(zenith), azimuth
+
+
+def _grid_centre_lonlat(dem):
+    import pyproj
+
+    x = float(np.mean(dem["x"].values[[0, -1]]))
+    y = float(np.mean(dem["y"].values[[0, -1]]))
+    crs = grid_module.get_crs(dem)
+    if crs.is_geographic:
+        return x, y
+    transformer = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    lon, lat = transformer.transform(x, y)
+    return float(lon), float(lat)
+
+
+def solar_illumination(dem, time, method: str = "horn") -> xr.DataArray:
+    """Illumination proxy: cosine of the sun's incidence angle on the terrain at a UTC time, floored at 0.
+
+    ``cos(i) = cos(Z) cos(S) + sin(Z) sin(S) cos(A_sun - A)`` with ``Z`` the
+    solar zenith angle, ``A_sun`` its azimuth, ``S`` the slope and ``A`` the
+    aspect. Self-shaded slopes get 0; cast shadows are not modelled. The sun
+    position is computed once at the grid centre, which is adequate for
+    regional grids (the sun moves by about 1 degree per 100 km). The whole
+    grid is 0, with a warning, when the sun is below the horizon.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import downscale as ds
+    >>> g = ds.grid.make_grid((3, 3), 0.01, crs="EPSG:4326")
+    >>> flat = ds.grid.set_crs(xr.DataArray(np.zeros((3, 3)), dims=("y", "x"), coords=g.coords), "EPSG:4326")
+    >>> lit = solar_illumination(flat, "2024-03-20T12:00")
+    >>> bool(lit.values.min() > 0.99)   # flat ground near the equator at the equinox noon
+    True
+    """
+    d = _as_derivatives(dem, method)
+    lon, lat = _grid_centre_lonlat(d.dem)
+    zenith, sun_azimuth = solar_position(time, lat, lon)
+    zenith_r, azimuth_r = np.deg2rad(float(zenith)), np.deg2rad(float(sun_azimuth))
+    north, east = _aspect_components(d)
+    tan_s = d.tan_slope
+    cos_s = 1.0 / np.sqrt(1.0 + tan_s * tan_s)
+    sin_s = tan_s * cos_s
+    values = np.cos(zenith_r) * cos_s + np.sin(zenith_r) * sin_s * (
+        np.cos(azimuth_r) * north + np.sin(azimuth_r) * east
+    )
+    values = np.maximum(values, 0.0)
+    values[d.nan] = np.nan
+    if zenith >= 90.0:
+        warnings.warn(
+            f"The sun is below the horizon at {time} (zenith {float(zenith):.1f} degrees at the grid "
+            f"centre); the illumination is 0 everywhere. Pick a daytime hour (UTC).",
+            stacklevel=2,
+        )
+    return _wrap(
+        values,
+        d.dem,
+        "solar_illumination",
+        f"cosine of the solar incidence angle at {np.datetime64(time, 's')} UTC (0 = shaded)",
+        "1",
+        solar_zenith=float(zenith),
+        solar_azimuth=float(sun_azimuth),
+    )
+
+
+# --------------------------------------------------------------------------- all features
+
+
+def dem_features(
+    dem,
+    features=None,
+    tpi_radii=DEFAULT_TPI_RADII,
+    solar_time=None,
+    method: str = "horn",
+) -> xr.Dataset:
+    """All terrain features of ``dem`` as one Dataset on the DEM's grid.
+
+    Parameters
+    ----------
+    dem : xarray.DataArray
+        Elevation (m) with a CRS (projected in metres, or geographic).
+    features : sequence of str, optional
+        A subset of :data:`DEM_FEATURES`. Default: elevation, slope, northness,
+        eastness, profile and plan curvature, TPI at every radius, roughness
+        and TWI, plus ``"solar"`` when ``solar_time`` is given.
+    tpi_radii : sequence of float
+        Radii (metres) of the topographic position index; one variable each, named ``tpi_1km``, ...
+    solar_time : optional
+        UTC time of the illumination proxy (see :func:`solar_illumination`).
+    method : {"horn", "central"}
+        Gradient used for slope, aspect and illumination.
+
+    Examples
+    --------
+    >>> import downscale as ds
+    >>> scene = ds.datasets.synthetic_scene("lst", seed=0, shape=(40, 40), factor=10)
+    >>> X = dem_features(scene.dem, tpi_radii=(5000.0,))
+    >>> list(X.data_vars)
+    ['elevation', 'slope', 'northness', 'eastness', 'profile_curvature', 'plan_curvature', 'tpi_5km', 'roughness', 'twi']
+    """
+    dem = check_dem(dem)
+    if features is None:
+        features = list(DEFAULT_FEATURES) + (["solar"] if solar_time is not None else [])
+    elif isinstance(features, str):
+        features = [features]
+    unknown = [f for f in features if f not in DEM_FEATURES]
+    if unknown:
+        raise ValueError(f"Unknown DEM feature(s) {unknown}; choose from {list(DEM_FEATURES)}.")
+    if "solar" in features and solar_time is None:
+        raise ValueError("The 'solar' feature needs a time: pass solar_time='2024-06-21T10:30' (UTC).")
+    d = _Derivatives(dem, method=method)
+    out = {}
+    curvatures = None
+    for feature in features:
+        if feature == "elevation":
+            attrs = {k: v for k, v in dem.attrs.items() if k in ("standard_name",)}
+            out["elevation"] = _wrap(dem.values.copy(), dem, "elevation", "elevation", "m", **attrs)
+        elif feature == "slope":
+            out["slope"] = slope(d)
+        elif feature == "northness":
+            out["northness"] = northness(d)
+        elif feature == "eastness":
+            out["eastness"] = eastness(d)
+        elif feature == "aspect":
+            out["aspect"] = aspect(d)
+        elif feature in ("profile_curvature", "plan_curvature"):
+            if curvatures is None:
+                curvatures = dict(zip(("profile_curvature", "plan_curvature"), curvature(d), strict=True))
+            out[feature] = curvatures[feature]
+        elif feature == "tpi":
+            for radius in tpi_radii:
+                da = tpi(dem, radius)
+                out[da.name] = da
+        elif feature == "roughness":
+            out["roughness"] = roughness(dem)
+        elif feature == "twi":
+            out["twi"] = twi(d)
+        elif feature == "solar":
+            out["solar_illumination"] = solar_illumination(d, solar_time)
+    result = xr.Dataset(out)
+    crs = grid_module.get_crs(dem)
+    return grid_module.set_crs(result, crs)
