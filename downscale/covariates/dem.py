@@ -199,7 +199,7 @@ def _differences(z, axis, h, second=True):
     missing_after = np.isnan(after)
     before = np.where(missing_before, np.where(missing_after, z, 2.0 * z - after), before)
     after = np.where(missing_after, 2.0 * z - before, after)
-    first = (after - before) / (2.0 * h)
+    first = np.where(np.isnan(z), np.nan, (after - before) / (2.0 * h))
     second_d = (after - 2.0 * z + before) / h**2 if second else None
     return first, second_d
 
