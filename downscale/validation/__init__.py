@@ -1,0 +1,20 @@
+"""Validation when fine-scale truth is sparse: metrics, spatial cross-validation splitters, stations, AOA, spectra.
+
+- :mod:`~downscale.validation.metrics`: RMSE, MAE, bias, r, ubRMSE, KGE, NSE, GDOWN, bootstrap intervals.
+- :mod:`~downscale.validation.splitters`: spatial block, buffered leave-one-out and kNNDM folds
+  (scikit-learn compatible).
+- :mod:`~downscale.validation.stations`: read station files, extract predictions at points, score them.
+- :mod:`~downscale.validation.aoa`: dissimilarity index and area of applicability.
+- :mod:`~downscale.validation.spectrum`: radially averaged power spectra and effective resolution.
+"""
+
+from . import aoa, metrics, spectrum, splitters, stations
+from .aoa import area_of_applicability, dissimilarity_index
+from .metrics import bias, bootstrap_ci, gdown, kge, mae, nse, pearson_r, rmse, ubrmse
+from .spectrum import effective_resolution, radial_power_spectrum, spectrum_comparison
+from .splitters import BufferedLeaveOneOut, KNNDMKFold, SpatialBlockKFold
+from .stations import extract_at_points, match_times, read_stations, station_scores
+
+# Later modules (cross_validate, wald) are added with one import line each above;
+# __all__ follows whatever is imported here.
+__all__ = sorted(name for name in dir() if not name.startswith("_"))
