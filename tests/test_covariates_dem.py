@@ -70,7 +70,9 @@ def test_planes_on_a_latlon_grid_at_60_north(gradient_east, gradient_north):
     metres_per_degree = np.deg2rad(1.0) * ds.grid.EARTH_RADIUS
     east_m = (lon - 10.0) * metres_per_degree * np.cos(np.deg2rad(lat))
     north_m = (lat - 59.8) * metres_per_degree
-    dem = make_dem(gradient_east * east_m + gradient_north * north_m, 0.01, crs="EPSG:4326", origin=(10.0, 59.8))
+    dem = make_dem(
+        gradient_east * east_m + gradient_north * north_m, 0.01, crs="EPSG:4326", origin=(10.0, 59.8)
+    )
     assert abs(float(lat.mean()) - 60.0) < 0.01
     # dz/d(east) = gradient_east on every row; z is not exactly a plane on the sphere (cos(lat)
     # varies along a meridian), so dz/d(north) = gradient_north - gradient_east * dlon * sin(lat).
@@ -131,7 +133,9 @@ def test_central_gradient_agrees_with_numpy_gradient(rough_dem):
     z = rough_dem.values
     gy, gx = np.gradient(z, 250.0)  # rows run southward on this north-up grid
     expected = np.degrees(np.arctan(np.hypot(gx, gy)))
-    np.testing.assert_allclose(terrain.slope(rough_dem, method="central").values, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        terrain.slope(rough_dem, method="central").values, expected, rtol=1e-12, atol=1e-12
+    )
     north = terrain.northness(rough_dem, method="central").values
     magnitude = np.hypot(gx, gy)
     sloped = magnitude > 1e-9
@@ -363,7 +367,9 @@ def test_unknown_feature_and_solar_without_time():
 
 def test_dem_without_crs_is_refused():
     dem = make_dem(np.zeros((5, 5)), crs=None)
-    with pytest.raises(ValueError, match=r"dem has no CRS, so its cell size in metres is unknown\. Declare it"):
+    with pytest.raises(
+        ValueError, match=r"dem has no CRS, so its cell size in metres is unknown\. Declare it"
+    ):
         terrain.slope(dem)
 
 
@@ -377,7 +383,9 @@ def test_dem_in_degrees_without_crs_is_refused():
 
 
 def test_dem_in_a_crs_with_feet_is_refused():
-    dem = make_dem(np.zeros((5, 5)), crs="EPSG:2263", origin=(900_000.0, 200_000.0))  # NY state plane, US feet
+    dem = make_dem(
+        np.zeros((5, 5)), crs="EPSG:2263", origin=(900_000.0, 200_000.0)
+    )  # NY state plane, US feet
     with pytest.raises(ValueError, match="has axis unit 'US survey foot', not metres"):
         terrain.slope(dem)
 
@@ -399,3 +407,48 @@ def test_tpi_radius_must_be_positive_and_small_radius_warns():
         terrain.tpi(dem, -5.0)
     with pytest.warns(UserWarning, match="smaller than a cell"):
         terrain.tpi(dem, 10.0)
+
+
+def test_compiled_kernels_match_the_numpy_code(rough_dem, monkeypatch):
+    # A DEM with sea, voids and a latitude-dependent cell width exercises every branch.
+    z = rough_dem.values.copy()
+    z[:20, :15] = np.nan
+    z[60, 60:63] = np.nan
+    dem = rough_dem.copy(data=z)
+    g = ds.grid.make_grid(z.shape, 0.01, origin=(10.0, 59.0), crs="EPSG:4326")
+    latlon = ds.grid.set_crs(xr.DataArray(z, dims=("y", "x"), coords=g.coords), "EPSG:4326")
+    for grid in (dem, latlon):
+        for method in ("horn", "central"):
+            compiled = terrain.dem_features(
+                grid,
+                features=[
+                    "slope",
+                    "northness",
+                    "eastness",
+                    "profile_curvature",
+                    "plan_curvature",
+                    "tpi",
+                    "roughness",
+                ],
+                tpi_radii=(1000.0, 3000.0),
+                method=method,
+            )
+            monkeypatch.setattr(terrain, "USE_NUMBA", False)
+            reference = terrain.dem_features(
+                grid,
+                features=list(compiled.data_vars)[:5] + ["tpi", "roughness"],
+                tpi_radii=(1000.0, 3000.0),
+                method=method,
+            )
+            monkeypatch.setattr(terrain, "USE_NUMBA", True)
+            for name in compiled.data_vars:
+                # scipy's running-sum uniform filter drifts by ~1e-4 m over long rows; the summed-area
+                # tables of the kernel do not; the one-pass variance of the numpy roughness loses ~1e-4 m on flat ground.
+                atol = 1e-3 if name.startswith(("tpi", "roughness")) else 1e-9
+                np.testing.assert_allclose(
+                    compiled[name].values,
+                    reference[name].values,
+                    rtol=1e-9,
+                    atol=atol,
+                    err_msg=f"{name} {method}",
+                )

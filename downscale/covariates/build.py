@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import xarray as xr
 
 from .. import grid as grid_module
@@ -136,7 +135,9 @@ def build(
     crs = grid_module.get_crs(template)
     parts = []
     if dem is not None:
-        parts.append(dem_module.dem_features(dem, features=features, tpi_radii=tpi_radii, solar_time=solar_time))
+        parts.append(
+            dem_module.dem_features(dem, features=features, tpi_radii=tpi_radii, solar_time=solar_time)
+        )
     elif features is not None or solar_time is not None:
         raise ValueError("features= and solar_time= select DEM features, but no dem was given.")
     if ndvi is not None or red is not None or nir is not None:
@@ -182,7 +183,9 @@ def build(
             da = da.drop_vars("spatial_ref", errors="ignore")
             variables[name] = da
     if not variables:
-        raise ValueError("build was given no covariate to compute: pass dem=, ndvi=, location=True or extra=.")
+        raise ValueError(
+            "build was given no covariate to compute: pass dem=, ndvi=, location=True or extra=."
+        )
     result = xr.Dataset(variables)
     result["y"].attrs.update(template["y"].attrs)
     result["x"].attrs.update(template["x"].attrs)

@@ -66,6 +66,9 @@ DEFAULT_FEATURES = DEM_FEATURES[:9]
 #: Default radii (metres) of the topographic position index.
 DEFAULT_TPI_RADII = (1000.0, 5000.0, 15000.0)
 
+#: Use the compiled (numba) kernels when numba is installed; the numpy code gives the same numbers.
+USE_NUMBA = True
+
 #: Smallest tan(slope) used by the wetness index, so flat cells get a large but finite value.
 MIN_TAN_SLOPE = 1e-3
 
@@ -234,6 +237,20 @@ def _smooth_121(values, axis):
     return total / weight
 
 
+def _local_kernels():
+    """The compiled 3 x 3 kernels as a dict, or None without numba (then numpy code runs)."""
+    try:
+        from . import _kernels
+    except ImportError:  # pragma: no cover - numba comes with shap
+        return None
+    return {
+        "terrain": _kernels.terrain,
+        "roughness": _kernels.roughness,
+        "integral": _kernels.integral,
+        "position": _kernels.position,
+    }
+
+
 class _Derivatives:
     """Lazily computed partial derivatives of a DEM in metres (east = x, north = y)."""
 
@@ -291,12 +308,42 @@ class _Derivatives:
                 self._cache["gradient"] = (self.p, self.q)
         return self._cache["gradient"]
 
+    def terrain(self):
+        """``tan_slope, northness, eastness, profile, plan`` arrays (numba kernel, else numpy)."""
+        if "terrain" not in self._cache:
+            kernels = _local_kernels() if USE_NUMBA else None
+            if kernels is not None:
+                step_east = np.ascontiguousarray(np.broadcast_to(self.step_east, (self.z.shape[0], 1))[:, 0])
+                self._cache["terrain"] = kernels["terrain"](
+                    np.ascontiguousarray(self.z), float(self.step_north), step_east, self.method == "horn"
+                )
+            else:
+                self._cache["terrain"] = self._terrain_numpy()
+        return self._cache["terrain"]
+
+    def _terrain_numpy(self):
+        gx, gy = self.gradient
+        magnitude = np.hypot(gx, gy)
+        flat = ~(magnitude > 1e-12)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            north = np.where(flat, 0.0, -gy / magnitude)
+            east = np.where(flat, 0.0, -gx / magnitude)
+        p, q, r, s, t = self.p, self.q, self.r, self.s, self.t
+        p2, q2 = p * p, q * q
+        gradient2 = p2 + q2
+        level = ~(gradient2 > 1e-20)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            profile = -(p2 * r + 2.0 * p * q * s + q2 * t) / (gradient2 * (1.0 + gradient2) ** 1.5)
+            plan = -(q2 * r - 2.0 * p * q * s + p2 * t) / gradient2**1.5
+        profile[level] = 0.0
+        plan[level] = 0.0
+        for values in (magnitude, north, east, profile, plan):
+            values[self.nan] = np.nan
+        return magnitude, north, east, profile, plan
+
     @property
     def tan_slope(self):
-        if "tan_slope" not in self._cache:
-            gx, gy = self.gradient
-            self._cache["tan_slope"] = np.hypot(gx, gy)
-        return self._cache["tan_slope"]
+        return self.terrain()[0]
 
 
 def _wrap(values, dem, name, long_name, units, **attrs):
@@ -308,6 +355,11 @@ def _wrap(values, dem, name, long_name, units, **attrs):
         name=name,
         attrs={"long_name": long_name, "units": units, **attrs},
     )
+    if "spatial_ref" in dem.coords:
+        # Reuse the DEM's grid mapping: much cheaper than writing the CRS again for every feature.
+        out = out.assign_coords(spatial_ref=dem["spatial_ref"])
+        out.attrs["grid_mapping"] = "spatial_ref"
+        return out
     crs = grid_module.get_crs(dem)
     return grid_module.set_crs(out, crs) if crs is not None else out
 
@@ -347,15 +399,7 @@ def slope(dem, method: str = "horn") -> xr.DataArray:
 
 
 def _aspect_components(d):
-    gx, gy = d.gradient
-    magnitude = d.tan_slope
-    flat = ~(magnitude > 1e-12)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        north = np.where(flat, 0.0, -gy / magnitude)
-        east = np.where(flat, 0.0, -gx / magnitude)
-    north[d.nan] = np.nan
-    east[d.nan] = np.nan
-    return north, east
+    return d.terrain()[1], d.terrain()[2]
 
 
 def northness(dem, method: str = "horn") -> xr.DataArray:
@@ -372,7 +416,11 @@ def northness(dem, method: str = "horn") -> xr.DataArray:
     """
     d = _as_derivatives(dem, method)
     return _wrap(
-        _aspect_components(d)[0], d.dem, "northness", "northness: cosine of the aspect (1 = facing north)", "1"
+        _aspect_components(d)[0],
+        d.dem,
+        "northness",
+        "northness: cosine of the aspect (1 = facing north)",
+        "1",
     )
 
 
@@ -393,7 +441,8 @@ def aspect(dem, method: str = "horn") -> xr.DataArray:
     d = _as_derivatives(dem, method)
     north, east = _aspect_components(d)
     flat = ~(d.tan_slope > 1e-12)
-    values = np.mod(np.degrees(np.arctan2(east, north)), 360.0)
+    with np.errstate(invalid="ignore"):
+        values = np.mod(np.degrees(np.arctan2(east, north)), 360.0)
     values[flat | d.nan] = np.nan
     return _wrap(values, d.dem, "aspect", "aspect: downslope direction clockwise from north", "degree")
 
@@ -427,18 +476,8 @@ def curvature(dem) -> tuple[xr.DataArray, xr.DataArray]:
     >>> float(plan[10, 15])   # contour circle of radius 50 m, concave: -1 / 50
     -0.02
     """
-    d = _as_derivatives(dem, "central")
-    p, q, r, s, t = d.p, d.q, d.r, d.s, d.t
-    p2, q2 = p * p, q * q
-    gradient2 = p2 + q2
-    flat = ~(gradient2 > 1e-20)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        profile = -(p2 * r + 2.0 * p * q * s + q2 * t) / (gradient2 * (1.0 + gradient2) ** 1.5)
-        plan = -(q2 * r - 2.0 * p * q * s + p2 * t) / gradient2**1.5
-    profile[flat] = 0.0
-    plan[flat] = 0.0
-    profile[d.nan] = np.nan
-    plan[d.nan] = np.nan
+    d = _as_derivatives(dem)
+    _, _, _, profile, plan = d.terrain()
     return (
         _wrap(profile, d.dem, "profile_curvature", "profile curvature (along the slope; > 0 convex)", "m-1"),
         _wrap(plan, d.dem, "plan_curvature", "plan curvature (of the contour; > 0 convex)", "m-1"),
@@ -458,7 +497,9 @@ def _box_mean(values, half_rows, half_cols):
         count = ndimage.uniform_filter((~gaps).astype(np.float64), size=size, mode="constant", cval=0.0)
     else:
         # Without gaps the count is separable: the product of the 1-D window lengths inside the grid.
-        count = np.outer(_window_fraction(values.shape[0], half_rows), _window_fraction(values.shape[1], half_cols))
+        count = np.outer(
+            _window_fraction(values.shape[0], half_rows), _window_fraction(values.shape[1], half_cols)
+        )
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count
     mean[gaps] = np.nan
@@ -495,7 +536,18 @@ def _radius_label(radius):
     return f"{radius:g}m".replace(".", "p")
 
 
-def tpi(dem, radius: float) -> xr.DataArray:
+def _offset(z):
+    """A typical elevation, subtracted before running sums so that they keep their precision."""
+    finite = z[np.isfinite(z)]
+    return float(np.median(finite[:: max(1, finite.size // 10_000)])) if finite.size else 0.0
+
+
+def _summed_area(z, kernels):
+    offset = _offset(z)
+    return (offset, *kernels["integral"](z, offset))
+
+
+def tpi(dem, radius: float, _tables=None) -> xr.DataArray:
     """Topographic position index: elevation minus the mean elevation within ``radius`` metres (m).
 
     The neighbourhood is a square window of half-width ``radius`` (the cell
@@ -519,8 +571,14 @@ def tpi(dem, radius: float) -> xr.DataArray:
     if not radius > 0:
         raise ValueError(f"The TPI radius must be a positive distance in metres, got {radius!r}.")
     half_rows, half_cols = _radius_in_cells(dem, radius)
-    z = np.asarray(dem.values)
-    values = z - _box_mean(z, half_rows, half_cols)
+    z = np.ascontiguousarray(dem.values)
+    kernels = _local_kernels() if USE_NUMBA else None
+    if kernels is not None:
+        # Summed-area tables: every radius costs the same; dem_features shares them between radii.
+        offset, total, count = _tables if _tables is not None else _summed_area(z, kernels)
+        values = kernels["position"](z, offset, total, count, half_rows, half_cols)
+    else:
+        values = z - _box_mean(z, half_rows, half_cols)
     return _wrap(
         values,
         dem,
@@ -544,152 +602,36 @@ def roughness(dem) -> xr.DataArray:
     2.582
     """
     dem = check_dem(dem)
-    z = np.asarray(dem.values)
+    z = np.ascontiguousarray(dem.values)
+    kernels = _local_kernels() if USE_NUMBA else None
+    if kernels is not None:
+        values = kernels["roughness"](z)
+        return _wrap(
+            values, dem, "roughness", "terrain roughness: standard deviation of elevation in 3 x 3 cells", "m"
+        )
     # Remove a global offset first so that E[z^2] - E[z]^2 does not lose precision at high elevations.
     offset = float(np.nanmean(z)) if np.isfinite(z).any() else 0.0
     centred = z - offset
     mean = _box_mean(centred, 1, 1)
     mean_square = _box_mean(centred * centred, 1, 1)
     values = np.sqrt(np.maximum(mean_square - mean * mean, 0.0))
-    return _wrap(values, dem, "roughness", "terrain roughness: standard deviation of elevation in 3 x 3 cells", "m")
+    return _wrap(
+        values, dem, "roughness", "terrain roughness: standard deviation of elevation in 3 x 3 cells", "m"
+    )
 
 
 # --------------------------------------------------------------------------- flow and wetness
 
 
 def _flow_kernels():
-    """Compile (once) the numba kernels for priority-flood routing and accumulation."""
-    global _FLOW_KERNELS
-    if _FLOW_KERNELS is not None:
-        return _FLOW_KERNELS
+    """The compiled priority-flood routing and accumulation kernels."""
     try:
-        import numba
+        from . import _kernels
     except ImportError as error:  # numba comes with shap, a dependency of downscale
         raise ImportError(
             "The topographic wetness index needs numba (installed with shap): `pip install numba`."
         ) from error
-
-    @numba.njit(cache=True)
-    def route(z):
-        ny, nx = z.shape
-        n = ny * nx
-        receiver = np.full(n, -1, np.int64)
-        order = np.empty(n, np.int64)
-        closed = np.zeros(n, np.bool_)
-        heap_key = np.empty(n, np.float64)
-        heap_seq = np.empty(n, np.int64)
-        heap_cell = np.empty(n, np.int64)
-        size = 0
-        counter = 0
-        drow = np.array([-1, -1, -1, 0, 0, 1, 1, 1])
-        dcol = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
-        # Seeds: valid cells on the grid edge or next to a missing cell drain out of the grid.
-        for i in range(ny):
-            for j in range(nx):
-                if np.isnan(z[i, j]):
-                    continue
-                seed = i == 0 or j == 0 or i == ny - 1 or j == nx - 1
-                if not seed:
-                    for k in range(8):
-                        if np.isnan(z[i + drow[k], j + dcol[k]]):
-                            seed = True
-                            break
-                if seed:
-                    c = i * nx + j
-                    closed[c] = True
-                    # push
-                    pos = size
-                    size += 1
-                    key = z[i, j]
-                    while pos > 0:
-                        parent = (pos - 1) // 2
-                        if heap_key[parent] < key or (heap_key[parent] == key and heap_seq[parent] < counter):
-                            break
-                        heap_key[pos] = heap_key[parent]
-                        heap_seq[pos] = heap_seq[parent]
-                        heap_cell[pos] = heap_cell[parent]
-                        pos = parent
-                    heap_key[pos] = key
-                    heap_seq[pos] = counter
-                    heap_cell[pos] = c
-                    counter += 1
-        count = 0
-        while size > 0:
-            c = heap_cell[0]
-            level = heap_key[0]
-            # pop: move the last element to the root and sift it down
-            size -= 1
-            last_key = heap_key[size]
-            last_seq = heap_seq[size]
-            last_cell = heap_cell[size]
-            pos = 0
-            while True:
-                child = 2 * pos + 1
-                if child >= size:
-                    break
-                other = child + 1
-                if other < size and (
-                    heap_key[other] < heap_key[child]
-                    or (heap_key[other] == heap_key[child] and heap_seq[other] < heap_seq[child])
-                ):
-                    child = other
-                if heap_key[child] > last_key or (heap_key[child] == last_key and heap_seq[child] > last_seq):
-                    break
-                heap_key[pos] = heap_key[child]
-                heap_seq[pos] = heap_seq[child]
-                heap_cell[pos] = heap_cell[child]
-                pos = child
-            if size > 0:
-                heap_key[pos] = last_key
-                heap_seq[pos] = last_seq
-                heap_cell[pos] = last_cell
-            order[count] = c
-            count += 1
-            i = c // nx
-            j = c - i * nx
-            for k in range(8):
-                ii = i + drow[k]
-                jj = j + dcol[k]
-                if ii < 0 or jj < 0 or ii >= ny or jj >= nx:
-                    continue
-                nb = ii * nx + jj
-                if closed[nb] or np.isnan(z[ii, jj]):
-                    continue
-                closed[nb] = True
-                receiver[nb] = c
-                # Cells in a depression are flooded to the spill level: they drain through it.
-                key = max(z[ii, jj], level)
-                pos = size
-                size += 1
-                while pos > 0:
-                    parent = (pos - 1) // 2
-                    if heap_key[parent] < key or (heap_key[parent] == key and heap_seq[parent] < counter):
-                        break
-                    heap_key[pos] = heap_key[parent]
-                    heap_seq[pos] = heap_seq[parent]
-                    heap_cell[pos] = heap_cell[parent]
-                    pos = parent
-                heap_key[pos] = key
-                heap_seq[pos] = counter
-                heap_cell[pos] = nb
-                counter += 1
-        return receiver, order[:count]
-
-    @numba.njit(cache=True)
-    def accumulate(weights, receiver, order):
-        total = weights.copy()
-        for index in range(order.size - 1, -1, -1):
-            c = order[index]
-            r = receiver[c]
-            if r >= 0:
-                total[r] += total[c]
-        return total
-
-    _FLOW_KERNELS = (route, accumulate)
-    return _FLOW_KERNELS
-
-
-_FLOW_KERNELS = None
+    return _kernels.route, _kernels.accumulate
 
 
 def flow_accumulation(dem) -> xr.DataArray:
@@ -763,7 +705,9 @@ def solar_position(time, lat, lon):
     year_start = when.astype("datetime64[Y]")
     day_of_year = (when - year_start.astype("datetime64[s]")).astype(float) / 86400.0  # 0-based, fractional
     hours = (day_of_year % 1.0) * 24.0
-    days_in_year = float(((year_start + 1).astype("datetime64[D]") - year_start.astype("datetime64[D]")).astype(int))
+    days_in_year = float(
+        ((year_start + 1).astype("datetime64[D]") - year_start.astype("datetime64[D]")).astype(int)
+    )
     gamma = 2.0 * np.pi / days_in_year * (np.floor(day_of_year) + (hours - 12.0) / 24.0)
     equation_of_time = 229.18 * (
         0.000075
@@ -784,7 +728,9 @@ def solar_position(time, lat, lon):
     lat_r = np.deg2rad(np.asarray(lat, dtype=float))
     true_solar_minutes = hours * 60.0 + equation_of_time + 4.0 * np.asarray(lon, dtype=float)
     hour_angle = np.deg2rad(true_solar_minutes / 4.0 - 180.0)
-    cos_zenith = np.sin(lat_r) * np.sin(declination) + np.cos(lat_r) * np.cos(declination) * np.cos(hour_angle)
+    cos_zenith = np.sin(lat_r) * np.sin(declination) + np.cos(lat_r) * np.cos(declination) * np.cos(
+        hour_angle
+    )
     zenith = np.arccos(np.clip(cos_zenith, -1.0, 1.0))
     # Azimuth clockwise from north, from the east and north components of the sun direction.
     east = -np.cos(declination) * np.sin(hour_angle)
@@ -921,8 +867,11 @@ def dem_features(
                 curvatures = dict(zip(("profile_curvature", "plan_curvature"), curvature(d), strict=True))
             out[feature] = curvatures[feature]
         elif feature == "tpi":
+            kernels = _local_kernels() if USE_NUMBA else None
+            z = np.ascontiguousarray(dem.values)
+            tables = _summed_area(z, kernels) if kernels is not None else None
             for radius in tpi_radii:
-                da = tpi(dem, radius)
+                da = tpi(dem.copy(data=z), radius, _tables=tables)
                 out[da.name] = da
         elif feature == "roughness":
             out["roughness"] = roughness(dem)

@@ -96,7 +96,9 @@ def _lonlat(grid):
     return np.asarray(lon), np.asarray(lat)
 
 
-def location_features(grid, angles=DEFAULT_OBLIQUE_ANGLES, lonlat: bool = True, projected: bool = True) -> xr.Dataset:
+def location_features(
+    grid, angles=DEFAULT_OBLIQUE_ANGLES, lonlat: bool = True, projected: bool = True
+) -> xr.Dataset:
     """Coordinates of every cell as covariates.
 
     Parameters
@@ -125,7 +127,9 @@ def location_features(grid, angles=DEFAULT_OBLIQUE_ANGLES, lonlat: bool = True, 
     y = np.asarray(grid["y"].values, dtype=float)
     shape = (y.size, x.size)
     if projected and not geographic:
-        out["easting"] = _wrap(np.broadcast_to(x[None, :], shape).copy(), grid, "easting", "easting (projected x)", "m")
+        out["easting"] = _wrap(
+            np.broadcast_to(x[None, :], shape).copy(), grid, "easting", "easting (projected x)", "m"
+        )
         out["northing"] = _wrap(
             np.broadcast_to(y[:, None], shape).copy(), grid, "northing", "northing (projected y)", "m"
         )

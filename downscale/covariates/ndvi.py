@@ -131,10 +131,14 @@ def regrid(ndvi, target, resampling: str = "auto") -> xr.DataArray:
     methods = {"bilinear": Resampling.bilinear, "average": Resampling.average, "nearest": Resampling.nearest}
     if resampling not in methods:
         raise ValueError(f"resampling must be one of {['auto', *methods]}, got {resampling!r}.")
-    match = target if isinstance(target, xr.DataArray) else xr.DataArray(
-        np.zeros((target.sizes["y"], target.sizes["x"])),
-        dims=("y", "x"),
-        coords={"y": target["y"], "x": target["x"]},
+    match = (
+        target
+        if isinstance(target, xr.DataArray)
+        else xr.DataArray(
+            np.zeros((target.sizes["y"], target.sizes["x"])),
+            dims=("y", "x"),
+            coords={"y": target["y"], "x": target["x"]},
+        )
     )
     match = grid_module.set_crs(match, crs_target)
     source = ndvi.astype(np.float64).rio.write_nodata(np.nan, encoded=False)
@@ -253,7 +257,9 @@ def fill_gaps(ndvi, land=None) -> tuple[xr.DataArray, xr.DataArray]:
             time = (time - time[0]) / np.timedelta64(1, "s")
         elif not np.issubdtype(time.dtype, np.number):
             time = np.arange(time.size)
-        values = _interpolate_in_time(np.asarray(filled.values, dtype=np.float64), np.asarray(time, dtype=float))
+        values = _interpolate_in_time(
+            np.asarray(filled.values, dtype=np.float64), np.asarray(time, dtype=float)
+        )
     else:
         values = np.asarray(filled.values).copy()
     flat = values.reshape(-1, *values.shape[-2:])
