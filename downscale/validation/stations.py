@@ -126,7 +126,10 @@ def read_stations(path, crs=None, x=None, y=None, time=None, station_id=None):
             raise ValueError(f"{path} must hold points; it has {sorted(set(stations.geometry.geom_type))}.")
     time_col = _find_column(stations.columns, time, _TIME_NAMES, "time", path)
     if time_col is not None:
-        times = pd.to_datetime(stations[time_col])
+        try:
+            times = pd.to_datetime(stations[time_col])
+        except (ValueError, TypeError):  # e.g. dates with and without a time of day in one column
+            times = pd.to_datetime(stations[time_col], format="mixed")
         if getattr(times.dt, "tz", None) is not None:
             times = times.dt.tz_convert("UTC").dt.tz_localize(None)
         stations = stations.drop(columns=[time_col]).assign(time=times.to_numpy())
