@@ -200,18 +200,40 @@ def position(z, offset, total, count, half_rows, half_cols):
     return out
 
 
+@numba.njit(cache=True, inline="always")
+def _heap_push(heap_key, heap_cell, size, key, cell):
+    pos = size
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if heap_key[parent] <= key:
+            break
+        heap_key[pos] = heap_key[parent]
+        heap_cell[pos] = heap_cell[parent]
+        pos = parent
+    heap_key[pos] = key
+    heap_cell[pos] = cell
+    return size + 1
+
+
 @numba.njit(cache=True)
 def route(z):
+    """Priority-flood D8 routing (Barnes et al. 2014, with the FIFO queue for depressions and flats).
+
+    Returns ``receiver`` (flat index of the cell each cell drains to, -1 for outlets) and
+    ``order`` (cells in processing order: every receiver comes before its donors).
+    """
     ny, nx = z.shape
     n = ny * nx
     receiver = np.full(n, -1, np.int64)
     order = np.empty(n, np.int64)
     closed = np.zeros(n, np.bool_)
     heap_key = np.empty(n, np.float64)
-    heap_seq = np.empty(n, np.int64)
     heap_cell = np.empty(n, np.int64)
+    pit_cell = np.empty(n, np.int64)
+    pit_level = np.empty(n, np.float64)
     size = 0
-    counter = 0
+    pit_head = 0
+    pit_tail = 0
     drow = np.array([-1, -1, -1, 0, 0, 1, 1, 1])
     dcol = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
     # Seeds: valid cells on the grid edge or next to a missing cell drain out of the grid.
@@ -228,52 +250,37 @@ def route(z):
             if seed:
                 c = i * nx + j
                 closed[c] = True
-                # push
-                pos = size
-                size += 1
-                key = z[i, j]
-                while pos > 0:
-                    parent = (pos - 1) // 2
-                    if heap_key[parent] < key or (heap_key[parent] == key and heap_seq[parent] < counter):
-                        break
-                    heap_key[pos] = heap_key[parent]
-                    heap_seq[pos] = heap_seq[parent]
-                    heap_cell[pos] = heap_cell[parent]
-                    pos = parent
-                heap_key[pos] = key
-                heap_seq[pos] = counter
-                heap_cell[pos] = c
-                counter += 1
+                size = _heap_push(heap_key, heap_cell, size, z[i, j], c)
     count = 0
-    while size > 0:
-        c = heap_cell[0]
-        level = heap_key[0]
-        # pop: move the last element to the root and sift it down
-        size -= 1
-        last_key = heap_key[size]
-        last_seq = heap_seq[size]
-        last_cell = heap_cell[size]
-        pos = 0
-        while True:
-            child = 2 * pos + 1
-            if child >= size:
-                break
-            other = child + 1
-            if other < size and (
-                heap_key[other] < heap_key[child]
-                or (heap_key[other] == heap_key[child] and heap_seq[other] < heap_seq[child])
-            ):
-                child = other
-            if heap_key[child] > last_key or (heap_key[child] == last_key and heap_seq[child] > last_seq):
-                break
-            heap_key[pos] = heap_key[child]
-            heap_seq[pos] = heap_seq[child]
-            heap_cell[pos] = heap_cell[child]
-            pos = child
-        if size > 0:
-            heap_key[pos] = last_key
-            heap_seq[pos] = last_seq
-            heap_cell[pos] = last_cell
+    while size > 0 or pit_head < pit_tail:
+        if pit_head < pit_tail:
+            # Cells at or below the current spill level come first, in FIFO order, so that
+            # flats and filled depressions drain along the shortest path to their outlet.
+            c = pit_cell[pit_head]
+            level = pit_level[pit_head]
+            pit_head += 1
+        else:
+            c = heap_cell[0]
+            level = heap_key[0]
+            size -= 1
+            last_key = heap_key[size]
+            last_cell = heap_cell[size]
+            pos = 0
+            while True:
+                child = 2 * pos + 1
+                if child >= size:
+                    break
+                other = child + 1
+                if other < size and heap_key[other] < heap_key[child]:
+                    child = other
+                if heap_key[child] >= last_key:
+                    break
+                heap_key[pos] = heap_key[child]
+                heap_cell[pos] = heap_cell[child]
+                pos = child
+            if size > 0:
+                heap_key[pos] = last_key
+                heap_cell[pos] = last_cell
         order[count] = c
         count += 1
         i = c // nx
@@ -288,22 +295,13 @@ def route(z):
                 continue
             closed[nb] = True
             receiver[nb] = c
-            # Cells in a depression are flooded to the spill level: they drain through it.
-            key = max(z[ii, jj], level)
-            pos = size
-            size += 1
-            while pos > 0:
-                parent = (pos - 1) // 2
-                if heap_key[parent] < key or (heap_key[parent] == key and heap_seq[parent] < counter):
-                    break
-                heap_key[pos] = heap_key[parent]
-                heap_seq[pos] = heap_seq[parent]
-                heap_cell[pos] = heap_cell[parent]
-                pos = parent
-            heap_key[pos] = key
-            heap_seq[pos] = counter
-            heap_cell[pos] = nb
-            counter += 1
+            if z[ii, jj] <= level:
+                # In a depression or on a flat: flooded to the spill level, drains through it.
+                pit_cell[pit_tail] = nb
+                pit_level[pit_tail] = level
+                pit_tail += 1
+            else:
+                size = _heap_push(heap_key, heap_cell, size, z[ii, jj], nb)
     return receiver, order[:count]
 
 

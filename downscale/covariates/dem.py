@@ -880,5 +880,7 @@ def dem_features(
         elif feature == "solar":
             out["solar_illumination"] = solar_illumination(d, solar_time)
     result = xr.Dataset(out)
+    if "spatial_ref" in result.coords:  # every feature carries the DEM's grid mapping already
+        return result
     crs = grid_module.get_crs(dem)
     return grid_module.set_crs(result, crs)
