@@ -126,12 +126,17 @@ def _ratio_on(k_field, p_field, k_ref, p_ref):
 def effective_resolution(field, reference, fraction: float = 0.5, detrend: bool = True, window: bool = True) -> float:
     """Shortest wavelength (m) down to which ``field`` keeps at least ``fraction`` of ``reference``'s power.
 
-    The power ratio ``P_field(k) / P_reference(k)`` is scanned from the
-    longest wavelength down; the effective resolution is the wavelength
-    ``1 / k`` where it first drops below ``fraction`` (interpolated between the
-    two bracketing annuli in log wavenumber). If it never drops, the field
-    resolves everything its grid can hold and the Nyquist wavelength of the
-    compared range is returned. The reference is usually the truth (or an
+    With the power ratio ``P_field(k) / P_reference(k)``, the effective
+    resolution is the wavelength ``1 / k`` from which on the ratio stays below
+    ``fraction`` at every shorter wavelength (the start of the last run of
+    annuli below ``fraction``, interpolated between the two bracketing annuli
+    in log wavenumber). Looking for the *last* crossing rather than the first
+    makes the estimate robust to the few, noisy annuli at the longest
+    wavelengths, which also carry what detrending removed. If the ratio ends
+    above ``fraction``, the field keeps (or exceeds) the reference's power down
+    to the grid scale and the Nyquist wavelength of the compared range is
+    returned; a ratio well above 1 there is invented detail, which
+    :func:`spectrum_comparison` shows. The reference is usually the truth (or an
     independent fine-scale product); the two grids need not be the same, the
     reference spectrum is interpolated (log-log) onto the field's wavenumbers.
 
@@ -160,10 +165,10 @@ def effective_resolution(field, reference, fraction: float = 0.5, detrend: bool 
     k, ratio = _ratio_on(k_f, p_f, k_r, p_r)
     if k.size == 0:
         raise ValueError("The field and the reference share no wavenumbers; are they on the same region?")
-    below = np.flatnonzero(ratio < fraction)
-    if below.size == 0:
+    above = np.flatnonzero(ratio >= fraction)
+    if above.size and above[-1] == k.size - 1:
         return float(1.0 / k[-1])
-    i = below[0]
+    i = above[-1] + 1 if above.size else 0
     if i == 0:
         return float(1.0 / k[0])
     # Interpolate the crossing in log k between annuli i - 1 (above) and i (below).
