@@ -1,0 +1,173 @@
+"""Pixel-level trend regressors tuned for coarse training sets, and the factory that names them.
+
+The trend of a :class:`~downscale.Downscaler` is fitted on the valid *coarse*
+pixels of a scene: a few hundred to a few thousand rows. Library defaults are
+made for much larger tables (LightGBM's ``min_child_samples=20`` and
+``num_leaves=31`` leave a 250-row table with a handful of splits), so the
+estimators here carry small-sample defaults. The trend is then applied to
+*fine* pixels, whose covariates spread far wider than their block means (a fine
+slope or curvature is not bounded by the coarse ones): the linear trend clips
+its inputs to the range seen in training so it cannot extrapolate wildly.
+
+Every estimator here passes scikit-learn's ``parametrize_with_checks``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone, is_regressor
+from sklearn.dummy import DummyRegressor
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+__all__ = ["TREND_NAMES", "ClipToRange", "LightGBMTrend", "make_trend"]
+
+#: Names accepted by :func:`make_trend` (besides any scikit-learn regressor instance).
+TREND_NAMES = ("lightgbm", "rf", "linear", "none")
+
+
+class LightGBMTrend(RegressorMixin, BaseEstimator):
+    """Gradient-boosted trees (LightGBM) with defaults for a few hundred to a few thousand training rows.
+
+    Parameters
+    ----------
+    n_estimators, learning_rate, num_leaves, min_child_samples, subsample, colsample_bytree, reg_lambda
+        As in :class:`lightgbm.LGBMRegressor`; the defaults (300 trees at 0.05, 15 leaves, 5 samples per
+        leaf, 80 % row and column subsampling, L2 penalty 1) suit small coarse training sets.
+    n_jobs : int
+        Threads (1 by default: the trend is small, and tiles run in parallel above it).
+    random_state : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.uniform(size=(300, 2))
+    >>> y = np.where(X[:, 0] > 0.5, 1.0, 0.0) + 0.01 * rng.standard_normal(300)
+    >>> model = LightGBMTrend().fit(X, y)
+    >>> model.predict([[0.9, 0.5], [0.1, 0.5]]).round(1).tolist()
+    [1.0, 0.0]
+    """
+
+    def __init__(
+        self,
+        n_estimators: int = 300,
+        learning_rate: float = 0.05,
+        num_leaves: int = 15,
+        min_child_samples: int = 5,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.8,
+        reg_lambda: float = 1.0,
+        n_jobs: int = 1,
+        random_state: int | None = 0,
+    ):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def fit(self, X, y, sample_weight=None):
+        from lightgbm import LGBMRegressor
+
+        X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, ensure_non_negative=True)
+            if not np.any(sample_weight > 0):
+                raise ValueError("Sample weights must contain at least one positive value; all are zero.")
+        self.booster_ = LGBMRegressor(
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_child_samples=self.min_child_samples,
+            # Tiny tables: let a leaf hold a few rows whatever their hessian sum.
+            min_child_weight=1e-3,
+            min_split_gain=0.0,
+            subsample=self.subsample,
+            subsample_freq=1 if self.subsample < 1 else 0,
+            colsample_bytree=self.colsample_bytree,
+            reg_lambda=self.reg_lambda,
+            n_jobs=self.n_jobs,
+            random_state=self.random_state,
+            verbose=-1,
+        ).fit(X, y, sample_weight=sample_weight)
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self, "booster_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return self.booster_.predict(X)
+
+
+class ClipToRange(TransformerMixin, BaseEstimator):
+    """Clip every feature to the range seen in ``fit``: a guard against extrapolating a linear trend.
+
+    Examples
+    --------
+    >>> ClipToRange().fit([[0.0], [1.0]]).transform([[-3.0], [0.5], [7.0]]).ravel().tolist()
+    [0.0, 0.5, 1.0]
+    """
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X, dtype=np.float64)
+        self.data_min_ = X.min(axis=0)
+        self.data_max_ = X.max(axis=0)
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, "data_min_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return np.clip(X, self.data_min_, self.data_max_)
+
+
+def make_trend(spec="lightgbm", random_state=0, n_jobs: int = 1):
+    """Return an unfitted scikit-learn regressor for a trend ``spec``.
+
+    Parameters
+    ----------
+    spec : {"lightgbm", "rf", "linear", "none"} or scikit-learn regressor
+        ``"lightgbm"``: :class:`LightGBMTrend`. ``"rf"``: a
+        :class:`~sklearn.ensemble.RandomForestRegressor` (300 trees, 2 samples per leaf, half the
+        features per split). ``"linear"``: ridge regression with the penalty chosen by
+        leave-one-out, on standardized features clipped to their training range. ``"none"``: the
+        constant mean (what remains is kriging of the field itself). A regressor instance is cloned.
+    random_state : int or None
+    n_jobs : int
+
+    Examples
+    --------
+    >>> make_trend("none")
+    DummyRegressor()
+    >>> type(make_trend("rf")).__name__
+    'RandomForestRegressor'
+    """
+    if isinstance(spec, str):
+        if spec == "lightgbm":
+            return LightGBMTrend(random_state=random_state, n_jobs=n_jobs)
+        if spec == "rf":
+            return RandomForestRegressor(
+                n_estimators=300, min_samples_leaf=2, max_features=0.5, n_jobs=n_jobs, random_state=random_state
+            )
+        if spec == "linear":
+            return make_pipeline(ClipToRange(), StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+        if spec == "none":
+            return DummyRegressor(strategy="mean")
+        raise ValueError(
+            f"trend must be one of {TREND_NAMES} or a scikit-learn regressor instance, got {spec!r}."
+        )
+    if not (hasattr(spec, "fit") and hasattr(spec, "predict")):
+        raise TypeError(
+            f"trend must be one of {TREND_NAMES} or a scikit-learn regressor with fit/predict, got "
+            f"{type(spec).__name__}."
+        )
+    if not is_regressor(spec):
+        # Pipelines and third-party estimators may not declare themselves; accept anything that fits.
+        pass
+    return clone(spec)

@@ -1,0 +1,59 @@
+"""Tests for the pixel-level trend regressors."""
+
+import numpy as np
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from downscale.models.trend import ClipToRange, LightGBMTrend, make_trend
+
+
+def _expected_failures(estimator):
+    if isinstance(estimator, LightGBMTrend):
+        # Row subsampling (bagging) draws rows, not weights, as scikit-learn's own forests do.
+        return {"check_sample_weight_equivalence_on_dense_data": "bagging is not weight-equivalent"}
+    return {}
+
+
+@parametrize_with_checks(
+    [LightGBMTrend(n_estimators=20), ClipToRange()], expected_failed_checks=_expected_failures
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def test_lightgbm_small_sample_defaults_learn_a_step_from_200_rows():
+    rng = np.random.default_rng(1)
+    X = rng.uniform(size=(200, 3))
+    y = 2.0 * (X[:, 0] > 0.3) + X[:, 1] + 0.05 * rng.standard_normal(200)
+    test = rng.uniform(size=(500, 3))
+    truth = 2.0 * (test[:, 0] > 0.3) + test[:, 1]
+    small = LightGBMTrend().fit(X, y)
+    assert np.sqrt(np.mean((small.predict(test) - truth) ** 2)) < 0.2
+
+
+@pytest.mark.parametrize("spec", ["lightgbm", "rf", "linear", "none"])
+def test_make_trend_recovers_a_linear_field(spec):
+    rng = np.random.default_rng(2)
+    X = rng.uniform(size=(300, 2))
+    y = 3.0 * X[:, 0] - X[:, 1] + 1.0
+    model = make_trend(spec).fit(X, y)
+    prediction = model.predict(X)
+    if spec == "none":
+        np.testing.assert_allclose(prediction, y.mean())
+    elif spec == "linear":
+        np.testing.assert_allclose(prediction, y, atol=1e-2)
+    else:
+        assert np.sqrt(np.mean((prediction - y) ** 2)) < 0.15
+
+
+def test_linear_trend_does_not_extrapolate():
+    X = np.array([[0.0], [1.0], [2.0]])
+    model = make_trend("linear").fit(X, 2 * X[:, 0])
+    np.testing.assert_allclose(model.predict([[100.0]]), model.predict([[2.0]]))
+
+
+def test_make_trend_errors():
+    with pytest.raises(ValueError, match="trend must be one of"):
+        make_trend("xgboost")
+    with pytest.raises(TypeError, match="fit/predict"):
+        make_trend(object())
