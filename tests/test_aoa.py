@@ -95,8 +95,9 @@ def _scene_with_unseen_band():
 def test_aoa_flags_an_unseen_elevation_band():
     covariates, train = _scene_with_unseen_band()
     folds = np.random.default_rng(0).integers(0, 5, size=len(train))
-    di, inside, threshold = area_of_applicability(train, covariates, weights={"elevation": 2.0, "ndvi": 1.0},
-                                                   cv_folds=folds)
+    di, inside, threshold = area_of_applicability(
+        train, covariates, weights={"elevation": 2.0, "ndvi": 1.0}, cv_folds=folds
+    )
     assert isinstance(di, xr.DataArray) and di.dims == ("y", "x")
     assert ds.grid.get_crs(inside).to_epsg() == 32632
     assert inside.dtype == bool and di.attrs["aoa_threshold"] == threshold

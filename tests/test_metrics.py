@@ -45,7 +45,9 @@ def test_kge_hand_computed():
 def test_ubrmse_identity():
     rng = np.random.default_rng(3)
     obs, sim = rng.normal(size=50), rng.normal(size=50) + 0.7
-    assert metrics.ubrmse(obs, sim) ** 2 == pytest.approx(metrics.rmse(obs, sim) ** 2 - metrics.bias(obs, sim) ** 2)
+    assert metrics.ubrmse(obs, sim) ** 2 == pytest.approx(
+        metrics.rmse(obs, sim) ** 2 - metrics.bias(obs, sim) ** 2
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -22,7 +22,9 @@ def _noise(n=256, seed=0):
     return np.random.default_rng(seed).normal(size=(n, n))
 
 
-@pytest.mark.parametrize(("wavelength", "direction"), [(16_000.0, "x"), (32_000.0, "y"), (8_000.0, "diagonal")])
+@pytest.mark.parametrize(
+    ("wavelength", "direction"), [(16_000.0, "x"), (32_000.0, "y"), (8_000.0, "diagonal")]
+)
 def test_sinusoid_peaks_at_its_wavenumber(wavelength, direction):
     c = np.arange(128) * DX
     yy, xx = np.meshgrid(c, c, indexing="ij")
@@ -74,7 +76,10 @@ def test_effective_resolution_of_gaussian_smoothing_is_analytic(sigma_cells):
     expected = 2 * np.pi * sigma_cells * DX / np.sqrt(np.log(2))
     assert effective_resolution(smooth, noise) == pytest.approx(expected, rel=0.05)
     # asking for more of the power means a longer wavelength
-    strict, loose = effective_resolution(smooth, noise, fraction=0.8), effective_resolution(smooth, noise, 0.2)
+    strict, loose = (
+        effective_resolution(smooth, noise, fraction=0.8),
+        effective_resolution(smooth, noise, 0.2),
+    )
     assert strict > effective_resolution(smooth, noise) > loose
     expected_20 = 2 * np.pi * sigma_cells * DX / np.sqrt(np.log(1 / 0.2))
     assert loose == pytest.approx(expected_20, rel=0.05)
@@ -98,7 +103,9 @@ def test_spectrum_comparison_shows_invented_detail():
     coarse = ds.grid.block_mean(truth, 8)
     rng = np.random.default_rng(9)
     hallucinated = truth + 0.3 * rng.normal(size=truth.shape)  # fine-scale detail the truth does not have
-    table = spectrum_comparison({"truth": truth, "coarse": coarse, "downscaled": hallucinated}, reference="truth")
+    table = spectrum_comparison(
+        {"truth": truth, "coarse": coarse, "downscaled": hallucinated}, reference="truth"
+    )
     assert set(table["field"]) == {"truth", "coarse", "downscaled"}
     assert np.allclose(table["wavelength"], 1 / table["wavenumber"])
     assert np.allclose(table.loc[table.field == "truth", "ratio"], 1.0)
@@ -114,10 +121,14 @@ def test_spectrum_comparison_shows_invented_detail():
 
 def test_bad_input():
     geographic = ds.grid.set_crs(
-        xr.DataArray(np.zeros((4, 4)), dims=("y", "x"), coords={"y": [3.5, 2.5, 1.5, 0.5], "x": [0.5, 1.5, 2.5, 3.5]}),
+        xr.DataArray(
+            np.zeros((4, 4)), dims=("y", "x"), coords={"y": [3.5, 2.5, 1.5, 0.5], "x": [0.5, 1.5, 2.5, 3.5]}
+        ),
         "EPSG:4326",
     )
-    with pytest.raises(ValueError, match="geographic \\(lat/lon\\) grid; spectra need regular coordinates in metres"):
+    with pytest.raises(
+        ValueError, match="geographic \\(lat/lon\\) grid; spectra need regular coordinates in metres"
+    ):
         radial_power_spectrum(geographic)
     with pytest.raises(ValueError, match="NaN everywhere"):
         radial_power_spectrum(_field(np.full((8, 8), np.nan)))

@@ -64,7 +64,7 @@ def test_buffer_removes_exactly_the_close_training_points():
     coords = _grid_coords(n=12)
     plain = list(SpatialBlockKFold(n_splits=3, block_size=4000.0).split(coords))
     buffered = list(SpatialBlockKFold(n_splits=3, block_size=4000.0, buffer=1500.0).split(coords))
-    for (train0, test0), (train1, test1) in zip(plain, buffered):
+    for (train0, test0), (train1, test1) in zip(plain, buffered, strict=True):
         assert np.array_equal(test0, test1)
         distance = cdist(coords[train0], coords[test0]).min(axis=1)
         assert np.array_equal(train1, train0[distance > 1500.0])

@@ -34,8 +34,14 @@ def _points(x, y, crs=CRS, **columns):
 
 def test_read_csv_x_y_with_declared_crs(tmp_path):
     path = tmp_path / "stations.csv"
-    pd.DataFrame({"station": ["a", "b"], "x": [401_500.0, 410_200.0], "y": [5_001_500.0, 5_020_000.0],
-                  "value": [1.0, 2.0]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "station": ["a", "b"],
+            "x": [401_500.0, 410_200.0],
+            "y": [5_001_500.0, 5_020_000.0],
+            "value": [1.0, 2.0],
+        }
+    ).to_csv(path, index=False)
     stations = read_stations(path, crs=CRS)
     assert stations.crs.to_epsg() == 32632
     assert stations["station_id"].tolist() == ["a", "b"]
@@ -48,8 +54,14 @@ def test_read_csv_lon_lat_defaults_to_wgs84_and_reprojects_on_sampling(tmp_path)
     utm = _points([405_500.0], [5_010_500.0])
     lonlat = utm.to_crs("EPSG:4326")
     path = tmp_path / "stations.csv"
-    pd.DataFrame({"Longitude": lonlat.geometry.x, "Latitude": lonlat.geometry.y, "value": [0.0],
-                  "Date": ["2020-06-01T10:00:00+02:00"]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "Longitude": lonlat.geometry.x,
+            "Latitude": lonlat.geometry.y,
+            "value": [0.0],
+            "Date": ["2020-06-01T10:00:00+02:00"],
+        }
+    ).to_csv(path, index=False)
     stations = read_stations(path)
     assert stations.crs.to_epsg() == 4326
     assert stations["time"].iloc[0] == pd.Timestamp("2020-06-01 08:00")  # converted to naive UTC
@@ -59,7 +71,9 @@ def test_read_csv_lon_lat_defaults_to_wgs84_and_reprojects_on_sampling(tmp_path)
 
 @pytest.mark.parametrize(("suffix", "driver"), [(".geojson", "GeoJSON"), (".gpkg", "GPKG")])
 def test_read_geojson_and_geopackage(tmp_path, suffix, driver):
-    source = _points([401_500.0, 410_500.0], [5_001_500.0, 5_020_500.0], station_id=["a", "b"], value=[1.0, 2.0])
+    source = _points(
+        [401_500.0, 410_500.0], [5_001_500.0, 5_020_500.0], station_id=["a", "b"], value=[1.0, 2.0]
+    )
     path = tmp_path / f"stations{suffix}"
     source.to_crs("EPSG:4326").to_file(path, driver=driver)
     stations = read_stations(path)
@@ -99,8 +113,8 @@ def test_nearest_and_bilinear_on_an_analytic_plane():
     stations = _points(x, y)
     assert extract_at_points(field, stations, "bilinear") == pytest.approx(2 * x / 1000 + 3 * y / 1000)
     # nearest: the value at the centre of the containing cell
-    centre_x = (np.floor(x / 1000) + 0.5)
-    centre_y = (np.floor(y / 1000) + 0.5)
+    centre_x = np.floor(x / 1000) + 0.5
+    centre_y = np.floor(y / 1000) + 0.5
     assert extract_at_points(field, stations, "nearest") == pytest.approx(2 * centre_x + 3 * centre_y)
     with pytest.raises(ValueError, match="method must be 'nearest' or 'bilinear'"):
         extract_at_points(field, stations, "cubic")
@@ -119,7 +133,9 @@ def test_bilinear_skips_nan_neighbours_and_holds_edges():
 
 def test_stations_outside_the_grid_warn_and_give_nan():
     stations = _points([405_500.0, 500_000.0], [5_010_500.0, 5_010_500.0], station_id=["in", "far"])
-    with pytest.warns(UserWarning, match=r"1 station\(s\) lie outside the grid \(far\); their values are NaN"):
+    with pytest.warns(
+        UserWarning, match=r"1 station\(s\) lie outside the grid \(far\); their values are NaN"
+    ):
         values = extract_at_points(_plane(), stations)
     assert values[0] == pytest.approx(2 * 405.5 + 3 * 5010.5)
     assert np.isnan(values[1])
@@ -128,22 +144,29 @@ def test_stations_outside_the_grid_warn_and_give_nan():
 def test_all_stations_outside_the_grid_is_an_error():
     # coordinates in lon/lat wrongly declared as UTM: everything lands near the origin
     stations = _points([7.1, 7.3], [45.2, 45.4])
-    with pytest.raises(ValueError, match="None of the 2 stations lies inside the grid.*Check the stations' CRS"):
+    with pytest.raises(
+        ValueError, match="None of the 2 stations lies inside the grid.*Check the stations' CRS"
+    ):
         extract_at_points(_plane(), stations)
 
 
 def test_time_matching():
     times = pd.to_datetime(["2020-06-01", "2020-06-02", "2020-06-03"])
     field = _plane(times)
-    stations = _points([405_500.0] * 3, [5_010_500.0] * 3,
-                       time=pd.to_datetime(["2020-06-03 06:00", "2020-06-01 00:00", "2020-06-02 11:00"]))
+    stations = _points(
+        [405_500.0] * 3,
+        [5_010_500.0] * 3,
+        time=pd.to_datetime(["2020-06-03 06:00", "2020-06-01 00:00", "2020-06-02 11:00"]),
+    )
     base = 2 * 405.5 + 3 * 5010.5
     assert extract_at_points(field, stations) == pytest.approx([base + 200, base, base + 100])
     matched = match_times(field, stations)
     assert matched["field_time"].tolist() == [times[2], times[0], times[1]]
     # outside the default tolerance (half a day) -> warned and dropped
     late = _points([405_500.0] * 2, [5_010_500.0] * 2, time=pd.to_datetime(["2020-06-02", "2020-06-05"]))
-    with pytest.warns(UserWarning, match="1 of 2 station records have no prediction time step within 0 days 12:00"):
+    with pytest.warns(
+        UserWarning, match="1 of 2 station records have no prediction time step within 0 days 12:00"
+    ):
         values = extract_at_points(field, late)
     assert values[0] == pytest.approx(base + 100) and np.isnan(values[1])
     # a wider tolerance takes it
@@ -168,14 +191,29 @@ def test_scores_per_station_with_time_series_and_overall():
     error_b = rng.normal(-1.0, 2.0, size=6)
     truth_a = base_a + 100 * np.arange(6)
     truth_b = base_b + 100 * np.arange(6)
-    stations = pd.concat([
-        _points([401_500.0] * 6, [5_001_500.0] * 6, station_id="a", time=times, value=truth_a - error_a),
-        _points([410_500.0] * 6, [5_020_500.0] * 6, station_id="b", time=times, value=truth_b - error_b),
-    ], ignore_index=True)
+    stations = pd.concat(
+        [
+            _points([401_500.0] * 6, [5_001_500.0] * 6, station_id="a", time=times, value=truth_a - error_a),
+            _points([410_500.0] * 6, [5_020_500.0] * 6, station_id="b", time=times, value=truth_b - error_b),
+        ],
+        ignore_index=True,
+    )
     scores = station_scores(field, stations, n_boot=200)
     assert scores.index.tolist() == ["a", "b", "overall"]
     assert scores.index.name == "station"
-    for column in ("n", "rmse", "mae", "bias", "r", "ubrmse", "kge", "nse", "rmse_low", "rmse_high", "kge_high"):
+    for column in (
+        "n",
+        "rmse",
+        "mae",
+        "bias",
+        "r",
+        "ubrmse",
+        "kge",
+        "nse",
+        "rmse_low",
+        "rmse_high",
+        "kge_high",
+    ):
         assert column in scores.columns
     assert "gdown" not in scores.columns
     assert scores.loc["a", "bias"] == pytest.approx(error_a.mean())
@@ -184,7 +222,11 @@ def test_scores_per_station_with_time_series_and_overall():
     all_errors = np.concatenate([error_a, error_b])
     assert scores.loc["overall", "mae"] == pytest.approx(np.abs(all_errors).mean())
     assert scores.loc["overall", "n"] == 12
-    assert scores.loc["overall", "rmse_low"] <= scores.loc["overall", "rmse"] <= scores.loc["overall", "rmse_high"]
+    assert (
+        scores.loc["overall", "rmse_low"]
+        <= scores.loc["overall", "rmse"]
+        <= scores.loc["overall", "rmse_high"]
+    )
     assert np.isnan(scores.loc["a", "rmse_low"])  # intervals only for the overall row
 
 
@@ -212,7 +254,9 @@ def test_scores_single_time_hold_the_error_and_gdown_on_a_scene():
 def test_scores_bad_value_column_and_too_few_stations():
     field = _plane()
     stations = _points([405_500.0], [5_010_500.0], obs=[1.0])
-    with pytest.raises(ValueError, match="no column 'value' for the observations; their columns are \\['obs'\\]"):
+    with pytest.raises(
+        ValueError, match="no column 'value' for the observations; their columns are \\['obs'\\]"
+    ):
         station_scores(field, stations)
     with pytest.warns(UserWarning, match="Only 1 valid station value"):
         scores = station_scores(field, stations, value="obs", ci=False)

@@ -8,13 +8,14 @@
 - :mod:`~downscale.validation.spectrum`: radially averaged power spectra and effective resolution.
 """
 
-from . import aoa, metrics, spectrum, splitters, stations
-from .aoa import area_of_applicability, dissimilarity_index
-from .metrics import bias, bootstrap_ci, gdown, kge, mae, nse, pearson_r, rmse, ubrmse
-from .spectrum import effective_resolution, radial_power_spectrum, spectrum_comparison
-from .splitters import BufferedLeaveOneOut, KNNDMKFold, SpatialBlockKFold
-from .stations import extract_at_points, match_times, read_stations, station_scores
+from . import aoa, metrics, spectrum, splitters, stations  # noqa: F401
+from .aoa import area_of_applicability, dissimilarity_index  # noqa: F401
+from .metrics import bias, bootstrap_ci, gdown, kge, mae, nse, pearson_r, rmse, ubrmse  # noqa: F401
+from .spectrum import effective_resolution, radial_power_spectrum, spectrum_comparison  # noqa: F401
+from .splitters import BufferedLeaveOneOut, KNNDMKFold, SpatialBlockKFold  # noqa: F401
+from .stations import extract_at_points, match_times, read_stations, station_scores  # noqa: F401
 
-# Later modules (cross_validate, wald) are added with one import line each above;
+# Later modules (cross_validate, wald) are added with one import line each above,
+# e.g. `from .crossval import cross_validate  # noqa: F401`;
 # __all__ follows whatever is imported here.
 __all__ = sorted(name for name in dir() if not name.startswith("_"))

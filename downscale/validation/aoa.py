@@ -56,7 +56,9 @@ def _as_matrix(X, name, features=None):
         return X.to_numpy(dtype=np.float64), [str(c) for c in X.columns], ("frame", X.index)
     matrix = np.asarray(X, dtype=np.float64)
     if matrix.ndim != 2:
-        raise ValueError(f"{name} must be a table (rows = samples, columns = features); got shape {matrix.shape}.")
+        raise ValueError(
+            f"{name} must be a table (rows = samples, columns = features); got shape {matrix.shape}."
+        )
     if features is not None and matrix.shape[1] != len(features):
         raise ValueError(f"{name} has {matrix.shape[1]} columns but the training data have {len(features)}.")
     return matrix, features, ("array", None)
@@ -68,10 +70,14 @@ def _weights_vector(weights, features, n_features):
     if isinstance(weights, (dict, pd.Series)):
         weights = dict(weights)
         if features is None:
-            raise ValueError("Named weights need named features: pass the training data as a DataFrame or Dataset.")
+            raise ValueError(
+                "Named weights need named features: pass the training data as a DataFrame or Dataset."
+            )
         unknown = [k for k in weights if k not in features]
         if unknown:
-            raise ValueError(f"weights name feature(s) {unknown} that are not in the training data {features}.")
+            raise ValueError(
+                f"weights name feature(s) {unknown} that are not in the training data {features}."
+            )
         vector = np.array([float(weights.get(f, 0.0)) for f in features])
     else:
         vector = np.asarray(weights, dtype=np.float64).ravel()
@@ -79,7 +85,9 @@ def _weights_vector(weights, features, n_features):
             raise ValueError(f"weights has {vector.size} values but there are {n_features} features.")
     vector = np.where(np.isfinite(vector) & (vector > 0), vector, 0.0)
     if not vector.any():
-        raise ValueError("All feature weights are zero or negative; the dissimilarity index would be undefined.")
+        raise ValueError(
+            "All feature weights are zero or negative; the dissimilarity index would be undefined."
+        )
     return vector
 
 
@@ -107,7 +115,9 @@ class _Space:
         self.train = self.transform(matrix)
         self.mean_distance = _mean_pairwise_distance(self.train)
         if not self.mean_distance > 0:
-            raise ValueError("All training rows are identical in the weighted predictor space; DI is undefined.")
+            raise ValueError(
+                "All training rows are identical in the weighted predictor space; DI is undefined."
+            )
 
     def transform(self, matrix):
         return (matrix - self.mean) / self.scale * self.weights
@@ -152,7 +162,12 @@ def _fold_pairs(cv_folds, n_total, kept_rows):
             "got a splitter. Pass `list(cv.split(X))`."
         )
     folds = list(cv_folds) if not isinstance(cv_folds, np.ndarray) else cv_folds
-    if len(folds) and isinstance(folds[0], (tuple, list)) and len(folds[0]) == 2 and np.ndim(folds[0][0]) == 1:
+    if (
+        len(folds)
+        and isinstance(folds[0], (tuple, list))
+        and len(folds[0]) == 2
+        and np.ndim(folds[0][0]) == 1
+    ):
         return [(remap(train), remap(test)) for train, test in folds]
     labels = np.asarray(folds).ravel()
     if labels.size != n_total:
@@ -256,7 +271,9 @@ def dissimilarity_index(train_X, new_X=None, weights=None, cv_folds=None):
         return _wrap(values, space.layout, "dissimilarity_index", _DI_ATTRS)
     matrix, _, layout = _as_matrix(new_X, "new_X", features=space.features)
     if matrix.shape[1] != space.train.shape[1]:
-        raise ValueError(f"new_X has {matrix.shape[1]} features but the training data have {space.train.shape[1]}.")
+        raise ValueError(
+            f"new_X has {matrix.shape[1]} features but the training data have {space.train.shape[1]}."
+        )
     return _wrap(space.dissimilarity(matrix), layout, "dissimilarity_index", _DI_ATTRS)
 
 
@@ -292,7 +309,9 @@ def area_of_applicability(train_X, new_X, weights=None, cv_folds=None):
     threshold = upper_whisker(space.training_dissimilarity(cv_folds))
     matrix, _, layout = _as_matrix(new_X, "new_X", features=space.features)
     if matrix.shape[1] != space.train.shape[1]:
-        raise ValueError(f"new_X has {matrix.shape[1]} features but the training data have {space.train.shape[1]}.")
+        raise ValueError(
+            f"new_X has {matrix.shape[1]} features but the training data have {space.train.shape[1]}."
+        )
     di = space.dissimilarity(matrix)
     with np.errstate(invalid="ignore"):
         inside = di <= threshold

@@ -46,7 +46,7 @@ def _valid_pairs(*arrays, names=("y_true", "y_pred", "y_coarse")):
     flat = [np.asarray(a, dtype=np.float64).ravel() for a in arrays]
     sizes = {f.size for f in flat}
     if len(sizes) > 1:
-        given = ", ".join(f"{name} has {f.size}" for name, f in zip(names, flat))
+        given = ", ".join(f"{name} has {f.size}" for name, f in zip(names, flat, strict=False))
         raise ValueError(
             f"The inputs must have the same number of values; {given}. "
             f"Pass values paired element by element (e.g. observation and prediction at each station)."
@@ -87,7 +87,9 @@ def _pearson(t, p):
 
 def _nse(t, p):
     with np.errstate(invalid="ignore", divide="ignore"):
-        return 1.0 - np.sum((p - t) ** 2, axis=-1) / np.sum((t - t.mean(axis=-1, keepdims=True)) ** 2, axis=-1)
+        return 1.0 - np.sum((p - t) ** 2, axis=-1) / np.sum(
+            (t - t.mean(axis=-1, keepdims=True)) ** 2, axis=-1
+        )
 
 
 def _kge(t, p):
@@ -327,7 +329,9 @@ def bootstrap_ci(
     if n_boot < 1:
         raise ValueError(f"n_boot must be a positive number of resamples, got {n_boot}.")
     if metric is gdown and y_coarse is None:
-        raise ValueError("gdown needs the coarse values: pass bootstrap_ci(gdown, y_true, y_pred, y_coarse=...).")
+        raise ValueError(
+            "gdown needs the coarse values: pass bootstrap_ci(gdown, y_true, y_pred, y_coarse=...)."
+        )
     arrays = [y_true, y_pred] + ([y_coarse] if y_coarse is not None else [])
     if groups is not None:
         group_labels = np.asarray(groups).ravel()

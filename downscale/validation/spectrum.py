@@ -101,7 +101,9 @@ def radial_power_spectrum(field, detrend: bool = True, window: bool = True):
     dk = max(1.0 / (nx * dx), 1.0 / (ny * dy))
     n_bins = int(np.floor(min(0.5 / dx, 0.5 / dy) / dk + 1e-9))
     if n_bins < 1:
-        raise ValueError(f"The field ({ny} x {nx} cells) is too small for a spectrum; it needs at least 2 x 2.")
+        raise ValueError(
+            f"The field ({ny} x {nx} cells) is too small for a spectrum; it needs at least 2 x 2."
+        )
     bins = np.round(k / dk).astype(np.int64)
     use = (bins >= 1) & (bins <= n_bins)
     power = np.zeros(n_bins)
@@ -123,7 +125,9 @@ def _ratio_on(k_field, p_field, k_ref, p_ref):
     return k_field[inside], p_field[inside] / ref
 
 
-def effective_resolution(field, reference, fraction: float = 0.5, detrend: bool = True, window: bool = True) -> float:
+def effective_resolution(
+    field, reference, fraction: float = 0.5, detrend: bool = True, window: bool = True
+) -> float:
     """Shortest wavelength (m) down to which ``field`` keeps at least ``fraction`` of ``reference``'s power.
 
     With the power ratio ``P_field(k) / P_reference(k)``, the effective
@@ -178,7 +182,9 @@ def effective_resolution(field, reference, fraction: float = 0.5, detrend: bool 
     return float(1.0 / k_cross)
 
 
-def spectrum_comparison(fields: dict, reference=None, detrend: bool = True, window: bool = True) -> pd.DataFrame:
+def spectrum_comparison(
+    fields: dict, reference=None, detrend: bool = True, window: bool = True
+) -> pd.DataFrame:
     """Spectra of several fields in one tidy table, for plotting (e.g. with ``downscale.plot.plot_spectra``).
 
     Parameters
@@ -205,7 +211,9 @@ def spectrum_comparison(fields: dict, reference=None, detrend: bool = True, wind
     """
     if reference is not None and reference not in fields:
         raise ValueError(f"reference={reference!r} is not one of the fields {list(fields)}.")
-    spectra = {label: radial_power_spectrum(da, detrend=detrend, window=window) for label, da in fields.items()}
+    spectra = {
+        label: radial_power_spectrum(da, detrend=detrend, window=window) for label, da in fields.items()
+    }
     frames = []
     for label, (k, power) in spectra.items():
         frame = pd.DataFrame({"field": label, "wavenumber": k, "wavelength": 1.0 / k, "power": power})

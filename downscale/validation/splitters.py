@@ -254,7 +254,9 @@ class SpatialBlockKFold(_SpatialSplitter):
         coords = coordinates_of(X)
         if self.block_size is not None:
             if not self.block_size > 0:
-                raise ValueError(f"block_size must be a positive distance in metres, got {self.block_size!r}.")
+                raise ValueError(
+                    f"block_size must be a positive distance in metres, got {self.block_size!r}."
+                )
             return float(self.block_size)
         extent = float(np.max(coords.max(axis=0) - coords.min(axis=0))) if len(coords) else 0.0
         n_splits = _check_n_splits(self.n_splits)
@@ -474,7 +476,7 @@ class KNNDMKFold(_SpatialSplitter):
         small = [i for i in order if fold_of[i] < 0]
         for j, i in enumerate(small):
             fold_of[i] = remaining[j % len(remaining)]
-        lookup = dict(zip(ids, fold_of))
+        lookup = dict(zip(ids, fold_of, strict=True))
         return np.array([lookup[c] for c in clusters])
 
     def fold_labels(self, X) -> np.ndarray:

@@ -108,9 +108,7 @@ def read_stations(path, crs=None, x=None, y=None, time=None, station_id=None):
             )
         if crs is None and {str(x_col).lower(), str(y_col).lower()} <= _GEOGRAPHIC_NAMES:
             crs = "EPSG:4326"
-        stations = gpd.GeoDataFrame(
-            table, geometry=gpd.points_from_xy(table[x_col], table[y_col]), crs=crs
-        )
+        stations = gpd.GeoDataFrame(table, geometry=gpd.points_from_xy(table[x_col], table[y_col]), crs=crs)
     else:
         stations = gpd.read_file(path)
         if crs is not None:
@@ -202,7 +200,9 @@ def _time_indices(field, stations, tolerance, stacklevel=3):
             f"Add one, or select a time step first, e.g. `pred.isel(time=0)`."
         )
     station_times = pd.to_datetime(stations["time"]).to_numpy()
-    tolerance = _default_tolerance(field_times) if tolerance is None else pd.to_timedelta(tolerance).to_numpy()
+    tolerance = (
+        _default_tolerance(field_times) if tolerance is None else pd.to_timedelta(tolerance).to_numpy()
+    )
     order = np.argsort(field_times)
     sorted_times = field_times[order]
     pos = np.searchsorted(sorted_times, station_times)
@@ -399,7 +399,9 @@ def _scores_of(observed, predicted, coarse, n_min_corr=3):
         needs = n_min_corr if name in ("r", "kge", "nse") else 1
         row[name] = metric(observed[valid], predicted[valid]) if n >= needs else np.nan
     if coarse is not None:
-        row["gdown"] = metrics.gdown(observed[valid], predicted[valid], coarse[valid]) if n >= n_min_corr else np.nan
+        row["gdown"] = (
+            metrics.gdown(observed[valid], predicted[valid], coarse[valid]) if n >= n_min_corr else np.nan
+        )
     return row
 
 
@@ -494,8 +496,14 @@ def station_scores(
             metric = SCORES.get(name, metrics.gdown)
             extra = {"y_coarse": coarse_values[valid]} if name == "gdown" else {}
             low, high = metrics.bootstrap_ci(
-                metric, observed[valid], predicted[valid], n_boot=n_boot, level=level, seed=seed,
-                groups=groups, **extra,
+                metric,
+                observed[valid],
+                predicted[valid],
+                n_boot=n_boot,
+                level=level,
+                seed=seed,
+                groups=groups,
+                **extra,
             )
             overall[f"{name}_low"], overall[f"{name}_high"] = low, high
     rows.append(overall)
