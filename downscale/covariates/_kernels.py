@@ -40,6 +40,7 @@ def terrain(z, step_north, step_east, horn):
     east = np.empty((ny, nx))
     profile = np.empty((ny, nx))
     plan = np.empty((ny, nx))
+    slope = np.empty((ny, nx))
     for i in numba.prange(ny):
         for j in range(nx):
             zc = z[i, j]
@@ -49,6 +50,7 @@ def terrain(z, step_north, step_east, horn):
                 east[i, j] = np.nan
                 profile[i, j] = np.nan
                 plan[i, j] = np.nan
+                slope[i, j] = np.nan
                 continue
             # p (d/d east) on rows i-1, i, i+1 and q (d/d north) on columns j-1, j, j+1.
             left = z[i, j - 1] if j > 0 else np.nan
@@ -116,6 +118,7 @@ def terrain(z, step_north, step_east, horn):
                 gy = q
             magnitude = np.sqrt(gx * gx + gy * gy)
             tan_slope[i, j] = magnitude
+            slope[i, j] = np.degrees(np.arctan(magnitude))
             if magnitude > 1e-12:
                 north[i, j] = -gy / magnitude
                 east[i, j] = -gx / magnitude
@@ -135,7 +138,7 @@ def terrain(z, step_north, step_east, horn):
             else:
                 profile[i, j] = 0.0
                 plan[i, j] = 0.0
-    return tan_slope, north, east, profile, plan
+    return tan_slope, north, east, profile, plan, slope
 
 
 @numba.njit(cache=True, parallel=True)
@@ -144,23 +147,24 @@ def roughness(z):
     out = np.empty((ny, nx))
     for i in numba.prange(ny):
         for j in range(nx):
-            if np.isnan(z[i, j]):
+            centre = z[i, j]
+            if np.isnan(centre):
                 out[i, j] = np.nan
                 continue
+            # One pass on differences from the centre: no cancellation at high elevations.
             total = 0.0
+            square = 0.0
             count = 0
             for ii in range(max(i - 1, 0), min(i + 2, ny)):
                 for jj in range(max(j - 1, 0), min(j + 2, nx)):
-                    if not np.isnan(z[ii, jj]):
-                        total += z[ii, jj]
+                    value = z[ii, jj]
+                    if not np.isnan(value):
+                        d = value - centre
+                        total += d
+                        square += d * d
                         count += 1
             mean = total / count
-            square = 0.0
-            for ii in range(max(i - 1, 0), min(i + 2, ny)):
-                for jj in range(max(j - 1, 0), min(j + 2, nx)):
-                    if not np.isnan(z[ii, jj]):
-                        square += (z[ii, jj] - mean) ** 2
-            out[i, j] = np.sqrt(square / count)
+            out[i, j] = np.sqrt(max(square / count - mean * mean, 0.0))
     return out
 
 

@@ -339,7 +339,7 @@ class _Derivatives:
         plan[level] = 0.0
         for values in (magnitude, north, east, profile, plan):
             values[self.nan] = np.nan
-        return magnitude, north, east, profile, plan
+        return magnitude, north, east, profile, plan, np.degrees(np.arctan(magnitude))
 
     @property
     def tan_slope(self):
@@ -394,7 +394,7 @@ def slope(dem, method: str = "horn") -> xr.DataArray:
     5.7106
     """
     d = _as_derivatives(dem, method)
-    values = np.degrees(np.arctan(d.tan_slope))
+    values = d.terrain()[5]
     return _wrap(values, d.dem, "slope", "slope angle", "degree", method=method)
 
 
@@ -477,7 +477,7 @@ def curvature(dem) -> tuple[xr.DataArray, xr.DataArray]:
     -0.02
     """
     d = _as_derivatives(dem)
-    _, _, _, profile, plan = d.terrain()
+    _, _, _, profile, plan, _ = d.terrain()
     return (
         _wrap(profile, d.dem, "profile_curvature", "profile curvature (along the slope; > 0 convex)", "m-1"),
         _wrap(plan, d.dem, "plan_curvature", "plan curvature (of the contour; > 0 convex)", "m-1"),
@@ -538,8 +538,9 @@ def _radius_label(radius):
 
 def _offset(z):
     """A typical elevation, subtracted before running sums so that they keep their precision."""
-    finite = z[np.isfinite(z)]
-    return float(np.median(finite[:: max(1, finite.size // 10_000)])) if finite.size else 0.0
+    sample = z.ravel()[:: max(1, z.size // 10_000)]
+    sample = sample[np.isfinite(sample)]
+    return float(np.median(sample)) if sample.size else 0.0
 
 
 def _summed_area(z, kernels):
