@@ -228,3 +228,14 @@ def test_knndm_bad_arguments():
         KNNDMKFold(max_fraction=0.1, prediction_points=train).fold_labels(train)
     with pytest.raises(ValueError, match="clustering must be 'kmeans' or 'hierarchical'"):
         KNNDMKFold(clustering="dbscan", prediction_points=train).fold_labels(train)
+
+
+def test_geographic_grids_are_refused():
+    grid = ds.grid.make_grid((4, 4), 0.1, origin=(7.0, 45.0), crs="EPSG:4326")
+    field = grid.assign(v=(("y", "x"), np.ones((4, 4))))
+    with pytest.raises(
+        ValueError, match="geographic \\(lat/lon\\) grid; distances and block sizes are in metres"
+    ):
+        coordinates_of(ds.grid.to_table(field))
+    with pytest.raises(ValueError, match="prediction_points is on a geographic"):
+        KNNDMKFold(n_splits=3, prediction_points=field).fold_labels(_grid_coords(n=4))

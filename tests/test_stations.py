@@ -261,3 +261,9 @@ def test_scores_bad_value_column_and_too_few_stations():
     with pytest.warns(UserWarning, match="Only 1 valid station value"):
         scores = station_scores(field, stations, value="obs", ci=False)
     assert scores.loc["overall", "n"] == 1
+
+
+def test_a_dataset_is_not_a_field():
+    dataset = _plane().to_dataset(name="lst")
+    with pytest.raises(TypeError, match="field must be an xarray DataArray .* `dataset\\['lst'\\]`"):
+        extract_at_points(dataset, _points([405_500.0], [5_010_500.0]))

@@ -16,6 +16,6 @@ from .splitters import BufferedLeaveOneOut, KNNDMKFold, SpatialBlockKFold  # noq
 from .stations import extract_at_points, match_times, read_stations, station_scores  # noqa: F401
 
 # Later modules (cross_validate, wald) are added with one import line each above,
-# e.g. `from .crossval import cross_validate  # noqa: F401`;
+# e.g. `from .crossval import cross_validate` with the same F401 marker;
 # __all__ follows whatever is imported here.
 __all__ = sorted(name for name in dir() if not name.startswith("_"))

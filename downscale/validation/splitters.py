@@ -49,6 +49,7 @@ def coordinates_of(X, name: str = "X") -> np.ndarray:
 
     if isinstance(X, PixelTable):
         template = X.template
+        _refuse_geographic(template, name)
         yy, xx = np.meshgrid(template["y"].values, template["x"].values, indexing="ij")
         shape = X.mask.shape
         coords = np.column_stack(
@@ -99,6 +100,7 @@ def _grid_coordinates(grid, name):
     from ..grid import check_grid
 
     check_grid(grid, name=name)
+    _refuse_geographic(grid, name)
     if isinstance(grid, xr.Dataset):
         arrays = [da for da in grid.data_vars.values() if {"y", "x"} <= set(da.dims)]
     else:
@@ -109,6 +111,16 @@ def _grid_coordinates(grid, name):
         valid &= finite.reshape(-1, *valid.shape).any(axis=0)
     yy, xx = np.meshgrid(grid["y"].values, grid["x"].values, indexing="ij")
     return np.column_stack([xx[valid], yy[valid]]).astype(np.float64)
+
+
+def _refuse_geographic(grid, name):
+    from ..grid import is_geographic
+
+    if is_geographic(grid):
+        raise ValueError(
+            f"{name} is on a geographic (lat/lon) grid; distances and block sizes are in metres. "
+            f"Work on a projected grid (e.g. `grid.rio.reproject(grid.rio.estimate_utm_crs())`)."
+        )
 
 
 def _unique_locations(coords):

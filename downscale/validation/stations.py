@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from . import metrics
 
@@ -279,6 +280,11 @@ def _sample(field, stations, method, tolerance, stacklevel=3):
 
     if method not in ("nearest", "bilinear"):
         raise ValueError(f"method must be 'nearest' or 'bilinear', got {method!r}.")
+    if not isinstance(field, xr.DataArray):
+        raise TypeError(
+            f"field must be an xarray DataArray with dims (y, x) or (time, y, x), got {type(field).__name__}. "
+            f"Select one variable, e.g. `dataset['lst']`."
+        )
     check_grid(field, name="field")
     extra = [d for d in field.dims if d not in ("time", "y", "x")]
     if extra:
