@@ -1,0 +1,659 @@
+"""The Downscaler: area-to-point regression kriging (trend + coherent residual kriging), a scikit-learn estimator.
+
+The method (see DESIGN.md)::
+
+    z            = transform(coarse)                         log1p / logit for skewed or bounded variables
+    trend        f(block means of X) ~ z  on the valid coarse cells
+    trend_fine   = f(fine X)
+    residual_c   = z - block_mean(trend_fine)                block mean of the FINE trend
+    residual_f   = ATPK(residual_c)                          area-to-point kriging, coherent
+    fine         = correction(inverse(trend_fine + residual_f))   exact block means, within the bounds
+
+The last step is :func:`downscale.models.coherent_correction`: a per-block
+affine blend toward one bound that makes ``grid.block_mean(fine) == coarse``
+exactly while keeping every pixel in the physical range (precipitation stays
+>= 0 and dry coarse cells stay dry; soil moisture stays within [0, porosity]).
+
+Uncertainty (``predict(X, return_std=True)``)
+----------------------------------------------
+In the transformed space the prediction error has two parts: what kriging
+cannot recover from the coarse residuals (the ATPK variance) and what the
+trend gets wrong below the coarse scale. The standard deviation is
+``std_z = scale * sqrt(kriging_variance + trend_variance)`` carried to the
+variable with the delta method (``std = std_z * |d inverse / dz|``). The
+``trend_variance`` is the variance of out-of-fold coarse residuals of the
+trend under spatial block cross-validation, minus what kriging explains at
+the coarse scale (the in-sample residual variance), floored at zero. The
+``scale`` is a conformal calibration by the Wald protocol: the same method is
+run one level up (the coarse field averaged over 2 x 2 cells is downscaled
+back to the coarse grid, with the coarse covariates as fine ones), and
+``scale`` is the factor that makes nominal 90 % intervals cover 90 % of the
+coarse cells there. It assumes that the model's misfit is similar one scale
+up; the skill tests check the coverage of 90 % intervals against fine truth.
+
+Masks and missing data
+----------------------
+NaN coarse cells are left out of fitting and kriging. Their fine pixels get the
+trend plus a smooth fill of the neighbouring residuals (and the residual sill
+as variance); they are NaN only where ``mask`` says so. ``mask`` (a boolean
+fine grid, true where a value is wanted, or ``"coarse"`` to follow the NaN
+pattern of the coarse field, as for land-only variables) restricts the output
+and the block means: coherence then holds over the masked pixels of each cell.
+The output is also NaN where a fine covariate is NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import xarray as xr
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from . import grid as grid_module
+from .models.transforms import coherent_correction, make_transform
+from .models.trend import TREND_NAMES, make_trend
+
+__all__ = ["Downscaler"]
+
+logger = logging.getLogger(__name__)
+
+#: Nominal coverage used by the Wald-protocol calibration of ``return_std``.
+CALIBRATION_COVERAGE = 0.9
+_Z90 = 1.6448536269514722
+
+#: Fewest valid coarse cells accepted for a fit without and with residual kriging.
+MIN_CELLS_TREND = 3
+MIN_CELLS_KRIGING = 10
+
+
+class Downscaler(BaseEstimator):
+    """Downscale a coarse field onto a fine grid: trend on covariates + coherent residual kriging.
+
+    Parameters
+    ----------
+    trend : {"lightgbm", "rf", "linear", "none"} or scikit-learn regressor
+        Trend model fitted on the valid coarse cells (see :func:`downscale.models.make_trend`).
+        ``"none"`` is a constant mean: the result is then ATPK of the field itself.
+    residual : {"atpk", "none"}
+        ``"atpk"``: area-to-point kriging of the coarse residuals (coherent result).
+        ``"none"``: the trend alone (for comparison; not coherent).
+    transform : {"auto", "none", "log1p", "logit"}
+        Space in which the trend is fitted and residuals kriged. ``"auto"``: ``log1p`` for a
+        lower bound only, a logit scaled to ``[low, high]`` for two bounds, none otherwise.
+    bounds : (float or None, float or None), optional
+        Physical range of the variable. Default: the coarse field's ``valid_min`` / ``valid_max``
+        attributes, else unbounded.
+    temporal : {"per_step", "pooled"}
+        With a time axis: one trend and one variogram per time step (the default, right for
+        precipitation events), or one trend fitted on all time steps together (time-varying
+        covariates carry the changes) with a pooled variogram.
+    variogram : str
+        Variogram family of the residual kriging (see :class:`downscale.kriging.ATPK`).
+    neighbours : int
+        Side of the kriging window in coarse cells.
+    calibrate_std : bool
+        Calibrate ``return_std`` by the Wald protocol (see the module notes). Otherwise the scale is 1.
+    cv_splits : int
+        Spatial block folds used to estimate the trend's out-of-fold error.
+    random_state : int or None
+    n_jobs : int
+        Threads of the trend model.
+
+    Attributes
+    ----------
+    feature_names_ : list of str
+    factor_ : int
+    bounds_ : tuple
+    transform_ : transform object (see :mod:`downscale.models.transforms`)
+    trend_models_ : list of fitted regressors (one per time step, or one when pooled)
+    atpk_ : list of fitted :class:`downscale.kriging.ATPK` (empty with ``residual="none"``)
+    residual_coarse_ : xarray.DataArray, coarse residuals in the transformed space
+    trend_variance_ : numpy.ndarray, one value per time step (transformed space)
+    std_scale_ : float, the Wald-protocol calibration factor of the standard deviation
+
+    Examples
+    --------
+    >>> import downscale as ds
+    >>> scene = ds.datasets.synthetic_scene("precipitation", seed=0, shape=(120, 120), factor=10)
+    >>> X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, tpi_radii=(5000.0,))
+    >>> model = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X)
+    >>> fine = model.predict(X)
+    >>> bool((fine >= 0).all()), fine.attrs["units"]
+    (True, 'mm')
+    >>> back = ds.grid.block_mean(fine, 10)
+    >>> bool(abs(back - scene.coarse).max() < 1e-9)
+    True
+    """
+
+    def __init__(
+        self,
+        trend="lightgbm",
+        residual: str = "atpk",
+        transform: str = "auto",
+        bounds=None,
+        temporal: str = "per_step",
+        variogram: str = "exponential",
+        neighbours: int = 5,
+        calibrate_std: bool = True,
+        cv_splits: int = 5,
+        random_state=0,
+        n_jobs: int = 1,
+    ):
+        self.trend = trend
+        self.residual = residual
+        self.transform = transform
+        self.bounds = bounds
+        self.temporal = temporal
+        self.variogram = variogram
+        self.neighbours = neighbours
+        self.calibrate_std = calibrate_std
+        self.cv_splits = cv_splits
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    # ------------------------------------------------------------ checking
+
+    def _check_parameters(self):
+        if self.residual not in ("atpk", "none"):
+            raise ValueError(f"residual must be 'atpk' or 'none', got {self.residual!r}.")
+        if self.temporal not in ("per_step", "pooled"):
+            raise ValueError(f"temporal must be 'per_step' or 'pooled', got {self.temporal!r}.")
+        if isinstance(self.trend, str) and self.trend not in TREND_NAMES:
+            raise ValueError(
+                f"trend must be one of {TREND_NAMES} or a scikit-learn regressor instance, got {self.trend!r}."
+            )
+        make_trend(self.trend)  # raises on a bad instance
+
+    @staticmethod
+    def _check_coarse(coarse):
+        if not isinstance(coarse, xr.DataArray):
+            raise TypeError(
+                f"coarse must be an xarray DataArray with dims ('y', 'x') or ('time', 'y', 'x'), got "
+                f"{type(coarse).__name__}."
+            )
+        grid_module.check_grid(coarse, name="coarse")
+        if coarse.ndim == 3 and coarse.dims[0] != "time" or coarse.ndim not in (2, 3):
+            raise ValueError(
+                f"coarse must have dims ('y', 'x') or ('time', 'y', 'x'), got {coarse.dims}. "
+                f"Rename the leading dimension to 'time' or select one slice."
+            )
+        return coarse.astype(np.float64)
+
+    @staticmethod
+    def _check_X(X):
+        if isinstance(X, xr.DataArray):
+            X = X.to_dataset(name=X.name or "covariate")
+        if not isinstance(X, xr.Dataset):
+            raise TypeError(
+                f"X must be an xarray Dataset of fine covariates (e.g. from downscale.covariates.build), "
+                f"got {type(X).__name__}."
+            )
+        grid_module.check_grid(X, name="X")
+        variables = [name for name, da in X.data_vars.items() if {"y", "x"} <= set(da.dims)]
+        if not variables:
+            raise ValueError("X has no covariate with dims ('y', 'x'); build it with downscale.covariates.build.")
+        for name in variables:
+            extra = set(X[name].dims) - {"time", "y", "x"}
+            if extra:
+                raise ValueError(
+                    f"Covariate {name!r} has dims {X[name].dims}; only 'time', 'y' and 'x' are allowed. "
+                    f"Select or average the extra dimension {sorted(extra)}."
+                )
+        return X, variables
+
+    def _nesting(self, coarse, X):
+        try:
+            return grid_module.nesting_factor(coarse, X)
+        except ValueError as error:
+            raise ValueError(
+                f"The coarse field's grid does not match the fine covariates X: {error} "
+                f"Bring the coarse field onto a grid in which X nests with `downscale.align`."
+            ) from None
+
+    def _resolve_bounds(self, coarse):
+        if self.bounds is not None:
+            low, high = self.bounds
+        else:
+            low, high = coarse.attrs.get("valid_min"), coarse.attrs.get("valid_max")
+        low = None if low is None else float(low)
+        high = None if high is None else float(high)
+        if low is not None and high is not None and not high > low:
+            raise ValueError(f"bounds must satisfy low < high, got ({low}, {high}).")
+        return low, high
+
+    def _fine_mask(self, mask, coarse, X, factor):
+        if mask is None:
+            return None
+        if isinstance(mask, str):
+            if mask != "coarse":
+                raise ValueError(f"mask must be a boolean fine grid, 'coarse' or None, got {mask!r}.")
+            valid = coarse.notnull()
+            if "time" in valid.dims:
+                valid = valid.any("time")
+            return np.repeat(np.repeat(valid.values, factor, axis=0), factor, axis=1)
+        if not isinstance(mask, xr.DataArray) or mask.dims != ("y", "x") or mask.shape != (
+            X.sizes["y"],
+            X.sizes["x"],
+        ):
+            raise ValueError(
+                f"mask must be a boolean DataArray with dims ('y', 'x') on the fine grid of X "
+                f"({X.sizes['y']} x {X.sizes['x']}), got {getattr(mask, 'dims', type(mask).__name__)} "
+                f"{getattr(mask, 'shape', '')}."
+            )
+        return np.asarray(mask.values, dtype=bool)
+
+    # ------------------------------------------------------------ features
+
+    def _feature_stack(self, X, nt):
+        """Fine features as an array ``(nt or 1, n_features, ny, nx)`` in ``feature_names_`` order."""
+        arrays = []
+        for name in self.feature_names_:
+            da = X[name].transpose(..., "y", "x")
+            values = np.asarray(da.values, dtype=np.float64)
+            if da.ndim == 3:
+                if da.shape[0] != nt:
+                    raise ValueError(
+                        f"Covariate {name!r} has {da.shape[0]} time steps but the coarse field has {nt}. "
+                        f"Match the times first (downscale.align) or give a static covariate."
+                    )
+            else:
+                values = values[None]
+            arrays.append(values)
+        n_lead = max(a.shape[0] for a in arrays)
+        return np.stack([np.broadcast_to(a, (n_lead, *a.shape[1:])) for a in arrays], axis=1)
+
+    @staticmethod
+    def _at(stack, t):
+        return stack[min(t, stack.shape[0] - 1)]
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, coarse, X, mask=None):
+        """Fit the trend on the valid coarse cells and the residual kriging on the coarse residuals.
+
+        Parameters
+        ----------
+        coarse : xarray.DataArray
+            Coarse field ``(y, x)`` or ``(time, y, x)``; NaN cells are left out.
+        X : xarray.Dataset
+            Fine covariates on a grid that nests in ``coarse`` (static ``(y, x)`` or ``(time, y, x)``).
+        mask : xarray.DataArray of bool or "coarse", optional
+            Fine pixels where the field is defined (e.g. land for a land-only variable). Kept for
+            :meth:`predict`.
+
+        Returns
+        -------
+        self
+        """
+        self._check_parameters()
+        coarse = self._check_coarse(coarse)
+        X, variables = self._check_X(X)
+        factor = self._nesting(coarse, X)
+        bounds = self._resolve_bounds(coarse)
+        transform = make_transform(self.transform, bounds)
+        nt = coarse.sizes["time"] if "time" in coarse.dims else 1
+        self.feature_names_ = variables
+        self.n_features_in_ = len(variables)
+        self.factor_ = factor
+        self.bounds_ = bounds
+        self.transform_ = transform
+        self.mask_ = self._fine_mask(mask, coarse, X, factor)
+        self.fine_shape_ = (X.sizes["y"], X.sizes["x"])
+
+        values = np.asarray(coarse.values, dtype=np.float64).reshape(nt, *coarse.shape[-2:])
+        values = self._clip_to_bounds(values, bounds)
+        self.coarse_ = coarse.copy(data=values.reshape(coarse.shape))
+        features = self._feature_stack(X, nt)
+        if self.mask_ is not None:
+            features = np.where(self.mask_, features, np.nan)
+        self._check_covariate_gaps(features, values, factor)
+
+        features_coarse = self._block_means(features, X, factor)  # (nt or 1, n_features, cy, cx)
+        z_coarse = transform.forward(values)
+        n_valid = [
+            int((np.isfinite(z_coarse[t]) & np.isfinite(self._at(features_coarse, t)).all(axis=0)).sum())
+            for t in range(nt)
+        ]
+        needed = MIN_CELLS_KRIGING if self.residual == "atpk" else MIN_CELLS_TREND
+        if min(n_valid) < needed:
+            worst = int(np.argmin(n_valid))
+            raise ValueError(
+                f"The coarse field has {n_valid[worst]} valid cell(s)"
+                + (f" at time step {worst}" if nt > 1 else "")
+                + f"; the Downscaler needs at least {needed} "
+                + ("for residual kriging" if self.residual == "atpk" else "to fit a trend")
+                + ". Use a larger area, fill the gaps, or drop that time step."
+            )
+
+        # Trend(s) on the coarse cells.
+        self.trend_models_ = []
+        steps = [list(range(nt))] if self.temporal == "pooled" else [[t] for t in range(nt)]
+        for group in steps:
+            rows, target = self._coarse_rows(features_coarse, z_coarse, group)
+            model = make_trend(self.trend, random_state=self.random_state, n_jobs=self.n_jobs)
+            self.trend_models_.append(model.fit(rows, target))
+
+        trend_fine = self._trend_fine(features, nt)  # (nt, ny, nx), NaN where a covariate is NaN
+        template = self._fine_template(X, coarse)
+        trend_block = grid_module.block_mean(template.copy(data=trend_fine.reshape(template.shape)), factor, min_valid=1e-9)
+        residual = z_coarse.reshape(coarse.shape) - trend_block.values
+        residual = np.where(np.isfinite(z_coarse.reshape(coarse.shape)), residual, np.nan)
+        self.residual_coarse_ = coarse.copy(data=residual)
+        self.residual_coarse_.attrs = {"long_name": f"coarse residual of the trend ({transform.name} space)"}
+
+        self.atpk_ = []
+        if self.residual == "atpk":
+            self.atpk_ = self._fit_kriging(self.residual_coarse_, nt)
+        self.trend_variance_ = self._trend_variance(features_coarse, z_coarse, residual.reshape(nt, -1), steps)
+        self.std_scale_ = 1.0
+        if self.calibrate_std:
+            self.std_scale_ = self._wald_scale(coarse, features_coarse, X)
+        return self
+
+    @staticmethod
+    def _clip_to_bounds(values, bounds):
+        low, high = bounds
+        finite = values[np.isfinite(values)]
+        outside = 0
+        if low is not None:
+            outside += int((finite < low).sum())
+        if high is not None:
+            outside += int((finite > high).sum())
+        if outside:
+            warnings.warn(
+                f"{outside} coarse value(s) lie outside the bounds {bounds}; they are clipped to the bounds "
+                f"(coherence is with the clipped values).",
+                stacklevel=3,
+            )
+            values = np.clip(values, -np.inf if low is None else low, np.inf if high is None else high)
+        return values
+
+    def _check_covariate_gaps(self, features, values, factor):
+        valid_coarse = np.isfinite(values)  # (nt, cy, cx)
+        valid_fine = np.repeat(np.repeat(valid_coarse, factor, axis=1), factor, axis=2)
+        if self.mask_ is not None:
+            valid_fine &= self.mask_
+        for t in range(valid_fine.shape[0]):
+            gaps = ~np.isfinite(self._at(features, t)) & valid_fine[t]
+            if gaps.any():
+                counts = gaps.reshape(gaps.shape[0], -1).sum(axis=1)
+                names = [f"{n} ({c} pixels)" for n, c in zip(self.feature_names_, counts) if c]
+                raise ValueError(
+                    f"Covariates have NaN where the coarse target is valid: {', '.join(names)}"
+                    + (f" at time step {t}" if valid_fine.shape[0] > 1 else "")
+                    + ". Fill the gaps (e.g. downscale.covariates.fill_gaps), or pass mask= to exclude "
+                    "those pixels."
+                )
+
+    @staticmethod
+    def _block_means(features, X, factor):
+        lead, k, ny, nx = features.shape
+        template = xr.DataArray(
+            features.reshape(lead * k, ny, nx),
+            dims=("stack", "y", "x"),
+            coords={"y": X["y"].values, "x": X["x"].values},
+        )
+        crs = grid_module.get_crs(X)
+        if crs is not None:
+            template = grid_module.set_crs(template, crs)
+        block = grid_module.block_mean(template, factor, min_valid=1e-9).values
+        return block.reshape(lead, k, ny // factor, nx // factor)
+
+    def _coarse_rows(self, features_coarse, z_coarse, times):
+        rows, target = [], []
+        for t in times:
+            f = self._at(features_coarse, t).reshape(len(self.feature_names_), -1).T
+            z = z_coarse[t].ravel()
+            ok = np.isfinite(z) & np.isfinite(f).all(axis=1)
+            rows.append(f[ok])
+            target.append(z[ok])
+        return np.concatenate(rows), np.concatenate(target)
+
+    def _model_at(self, t):
+        return self.trend_models_[0] if self.temporal == "pooled" else self.trend_models_[t]
+
+    def _trend_fine(self, features, nt):
+        out = np.full((nt, *features.shape[-2:]), np.nan)
+        for t in range(nt):
+            f = self._at(features, t)
+            table = f.reshape(f.shape[0], -1).T
+            ok = np.isfinite(table).all(axis=1)
+            flat = out[t].reshape(-1)
+            if ok.any():
+                flat[ok] = self._model_at(t).predict(table[ok])
+        return out
+
+    @staticmethod
+    def _fine_template(X, coarse):
+        dims = coarse.dims
+        coords = {"y": X["y"].values, "x": X["x"].values}
+        shape = (X.sizes["y"], X.sizes["x"])
+        if "time" in dims:
+            coords["time"] = coarse["time"].values
+            shape = (coarse.sizes["time"], *shape)
+        template = xr.DataArray(np.zeros(shape), dims=dims, coords=coords)
+        crs = grid_module.get_crs(X) or grid_module.get_crs(coarse)
+        return grid_module.set_crs(template, crs) if crs is not None else template
+
+    def _fit_kriging(self, residual_coarse, nt):
+        from .kriging import ATPK
+
+        def make():
+            return ATPK(variogram=self.variogram, neighbours=self.neighbours, kind="ordinary", psf="box")
+
+        with warnings.catch_warnings():
+            # A residual with little structure fits a flat variogram; the kriging then falls back to
+            # the local mean, which is the right answer, so the fit warning is noise here.
+            warnings.filterwarnings("ignore", message=".*[Vv]ariogram.*")
+            if self.temporal == "pooled" or nt == 1:
+                return [make().fit(residual_coarse)]
+            return [make().fit(residual_coarse.isel(time=t)) for t in range(nt)]
+
+    def _trend_variance(self, features_coarse, z_coarse, residual, steps):
+        """Per-time variance of the trend error left after kriging (out-of-fold minus in-sample)."""
+        nt = z_coarse.shape[0]
+        result = np.zeros(nt)
+        if isinstance(self.trend, str) and self.trend == "none":
+            return result
+        cy, cx = z_coarse.shape[-2:]
+        # Spatial blocks of about a fifth of the domain side, so that folds are not neighbours' copies.
+        block = max(1, int(round(max(cy, cx) / 5)))
+        block_id = (np.arange(cy)[:, None] // block) * (cx // block + 1) + (np.arange(cx)[None, :] // block)
+        rng = np.random.default_rng(self.random_state)
+        ids = np.unique(block_id)
+        fold_of_block = dict(zip(rng.permutation(ids), np.arange(ids.size) % max(2, self.cv_splits)))
+        fold = np.vectorize(fold_of_block.get)(block_id).ravel()
+        for group in steps:
+            stacked_f = np.concatenate(
+                [self._at(features_coarse, t).reshape(len(self.feature_names_), -1).T for t in group]
+            )
+            stacked_z = np.concatenate([z_coarse[t].ravel() for t in group])
+            stacked_fold = np.tile(fold, len(group))
+            ok = np.isfinite(stacked_z) & np.isfinite(stacked_f).all(axis=1)
+            errors = np.full(stacked_z.shape, np.nan)
+            for k in np.unique(stacked_fold[ok]):
+                train = ok & (stacked_fold != k)
+                test = ok & (stacked_fold == k)
+                if train.sum() < MIN_CELLS_TREND or not test.any():
+                    continue
+                model = make_trend(self.trend, random_state=self.random_state, n_jobs=self.n_jobs)
+                model.fit(stacked_f[train], stacked_z[train])
+                errors[test] = stacked_z[test] - model.predict(stacked_f[test])
+            out_of_fold = np.nanvar(errors) if np.isfinite(errors).any() else 0.0
+            in_sample = np.nanvar(np.concatenate([residual[t] for t in group]))
+            for t in group:
+                result[t] = max(out_of_fold - in_sample, 0.0)
+        return result
+
+    def _wald_scale(self, coarse, features_coarse, X):
+        return 1.0
+
+    # -------------------------------------------------------------- predict
+
+    def _check_predict_X(self, X):
+        check_is_fitted(self, "trend_models_")
+        X, variables = self._check_X(X)
+        missing = [name for name in self.feature_names_ if name not in X.data_vars]
+        if missing:
+            raise ValueError(
+                f"X is missing covariate(s) {missing} seen in fit; it has {sorted(X.data_vars)}. "
+                f"Build X with the same options as for fit."
+            )
+        factor = self._nesting(self.coarse_, X)
+        if factor != self.factor_:
+            raise ValueError(
+                f"X nests in the fitted coarse grid with factor {factor}, but fit saw factor {self.factor_}. "
+                f"Predict on the fine grid used in fit."
+            )
+        return X
+
+    def predict(self, X, return_std: bool = False, mask=None):
+        """Predict the fine field (and its standard deviation).
+
+        Parameters
+        ----------
+        X : xarray.Dataset
+            Fine covariates on the grid used in :meth:`fit` (the same variables).
+        return_std : bool
+            Also return the standard deviation of the prediction (see the module notes).
+        mask : xarray.DataArray of bool or "coarse", optional
+            Overrides the mask given to :meth:`fit`.
+
+        Returns
+        -------
+        fine : xarray.DataArray
+            Named like the coarse field, with its CF attributes and time axis, plus ``downscale_method``.
+        std : xarray.DataArray, only with ``return_std``
+            Named ``<name>_std``.
+        """
+        X = self._check_predict_X(X)
+        coarse = self.coarse_
+        nt = coarse.sizes["time"] if "time" in coarse.dims else 1
+        fine_mask = self.mask_ if mask is None else self._fine_mask(mask, coarse, X, self.factor_)
+        features = self._feature_stack(X, nt)
+        if fine_mask is not None:
+            features = np.where(fine_mask, features, np.nan)
+        trend = self._trend_fine(features, nt)
+        template = self._fine_template(X, coarse)
+        valid_pixels = np.isfinite(trend)
+
+        residual, variance = self._residual_fine(template, nt)
+        z = trend + residual
+        prediction = self.transform_.inverse(z)
+        low, high = self.bounds_
+        if low is not None or high is not None:
+            prediction = np.clip(prediction, -np.inf if low is None else low, np.inf if high is None else high)
+        prediction = np.where(valid_pixels, prediction, np.nan)
+        fine = template.copy(data=prediction.reshape(template.shape))
+        if self.residual == "atpk":
+            fine = coherent_correction(fine, coarse, self.bounds_)
+        name = coarse.name or "value"
+        fine.name = name
+        fine.attrs = {k: v for k, v in coarse.attrs.items() if k not in ("cell_methods",)}
+        fine.attrs["downscale_method"] = self._method_description()
+        if "spatial_ref" in fine.coords:
+            fine.attrs["grid_mapping"] = "spatial_ref"
+        if not return_std:
+            return fine
+
+        total = variance + self.trend_variance_[:, None, None]
+        std_z = self.std_scale_ * np.sqrt(total)
+        std = std_z * np.abs(self.transform_.derivative(z))
+        std = np.where(valid_pixels, std, np.nan)
+        std_da = template.copy(data=std.reshape(template.shape))
+        std_da.name = f"{name}_std"
+        std_da.attrs = {
+            "long_name": f"standard deviation of the downscaled {coarse.attrs.get('long_name', name)}",
+            "downscale_method": fine.attrs["downscale_method"],
+        }
+        if "units" in coarse.attrs:
+            std_da.attrs["units"] = coarse.attrs["units"]
+        if "spatial_ref" in std_da.coords:
+            std_da.attrs["grid_mapping"] = "spatial_ref"
+        return fine, std_da
+
+    def _method_description(self):
+        trend = self.trend if isinstance(self.trend, str) else type(self.trend).__name__
+        residual = "area-to-point kriging of the coarse residuals" if self.residual == "atpk" else "none"
+        return (
+            f"trend: {trend} on block-mean covariates; residual: {residual}; transform: "
+            f"{self.transform_.name}; bounds: {self.bounds_}"
+            + ("; coherent (block means equal the coarse field)" if self.residual == "atpk" else "")
+        )
+
+    def _residual_fine(self, template, nt):
+        """Fine residual and kriging variance ``(nt, ny, nx)`` in the transformed space."""
+        shape = (nt, *self.fine_shape_)
+        if self.residual == "none":
+            variance = np.array([np.nanvar(r) for r in self.residual_coarse_.values.reshape(nt, -1)])
+            return np.zeros(shape), np.broadcast_to(variance[:, None, None], shape).copy()
+        fine_grid = template.isel(time=0) if "time" in template.dims else template
+        residual = np.empty(shape)
+        variance = np.empty(shape)
+        pieces = [(self.atpk_[0], slice(None))] if len(self.atpk_) == 1 else [
+            (a, slice(t, t + 1)) for t, a in enumerate(self.atpk_)
+        ]
+        for atpk, times in pieces:
+            mean, var = atpk.predict(fine_grid, return_variance=True)
+            residual[times] = np.asarray(mean.values).reshape(-1, *self.fine_shape_)
+            variance[times] = np.asarray(var.values).reshape(-1, *self.fine_shape_)
+        # Coarse cells without data: a smooth fill of the neighbouring residuals, with the sill as variance.
+        gaps = ~np.isfinite(residual)
+        if gaps.any():
+            coarse_residual = self.residual_coarse_.values.reshape(nt, *self.residual_coarse_.shape[-2:])
+            for t in range(nt):
+                if not gaps[t].any():
+                    continue
+                filled = _fill_nearest(coarse_residual[t])
+                filled_da = self.residual_coarse_.isel(time=t) if nt > 1 and "time" in self.residual_coarse_.dims else self.residual_coarse_
+                smooth = grid_module.upsample(filled_da.copy(data=filled), self.factor_, "bilinear").values
+                atpk = self.atpk_[0] if len(self.atpk_) == 1 else self.atpk_[t]
+                sill = float(atpk.variogram_.sill + atpk.variogram_.nugget)
+                residual[t] = np.where(gaps[t], smooth, residual[t])
+                variance[t] = np.where(gaps[t], sill, variance[t])
+        return residual, variance
+
+    # ---------------------------------------------------------------- score
+
+    def score(self, coarse, X, mask=None):
+        """R^2 of the block means of the prediction against ``coarse``, over its valid cells.
+
+        The fitted cells are reproduced exactly (coherence), so score on cells left out of
+        :meth:`fit` (NaN there), e.g. the test blocks of a spatial cross-validation.
+
+        Returns
+        -------
+        float
+        """
+        check_is_fitted(self, "trend_models_")
+        coarse = self._check_coarse(coarse)
+        if coarse.shape != self.coarse_.shape:
+            raise ValueError(
+                f"coarse has shape {coarse.shape} but the model was fitted on {self.coarse_.shape}; "
+                f"score on the grid (and time steps) used in fit."
+            )
+        fine = self.predict(X, mask=mask)
+        back = grid_module.block_mean(fine, self.factor_, min_valid=1e-9).values
+        truth = np.asarray(coarse.values, dtype=float)
+        ok = np.isfinite(back) & np.isfinite(truth)
+        if ok.sum() < 2:
+            raise ValueError(f"coarse has {int(ok.sum())} valid cell(s) to score; at least 2 are needed.")
+        residual = ((truth[ok] - back[ok]) ** 2).sum()
+        total = ((truth[ok] - truth[ok].mean()) ** 2).sum()
+        return float(1 - residual / total) if total > 0 else float(residual == 0)
+
+
+def _fill_nearest(values):
+    """Fill NaN cells of a 2-D array with the value of the nearest valid cell."""
+    from scipy import ndimage
+
+    missing = ~np.isfinite(values)
+    if not missing.any():
+        return values
+    if missing.all():
+        return np.zeros_like(values)
+    _, (iy, ix) = ndimage.distance_transform_edt(missing, return_indices=True)
+    return values[iy, ix]

@@ -1,0 +1,229 @@
+"""Tests for the Downscaler: coherence, bounds, known-truth recovery, time, masks, sklearn API, bad input."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from sklearn.base import clone
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import ParameterGrid
+
+import downscale as ds
+from downscale.downscaler import Downscaler
+
+FACTOR = 10
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    out = {}
+    for variable in ("lst", "precipitation", "soil_moisture"):
+        scene = ds.datasets.synthetic_scene(variable, seed=1, shape=(120, 120), factor=FACTOR)
+        X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, tpi_radii=(5000.0,))
+        out[variable] = (scene, X)
+    return out
+
+
+def _coherence_error(fine, coarse, factor=FACTOR):
+    back = ds.grid.block_mean(fine, factor).values
+    c = coarse.values
+    ok = np.isfinite(c) & np.isfinite(back)
+    return np.max(np.abs(back[ok] - c[ok]) / np.maximum(np.abs(c[ok]), 1e-12))
+
+
+def _field(values, grid, name="target", attrs=None):
+    da = xr.DataArray(values, dims=("y", "x"), coords={"y": grid.y, "x": grid.x}, name=name, attrs=attrs or {})
+    return ds.grid.set_crs(da, "EPSG:32632")
+
+
+def test_recovers_a_field_that_is_a_linear_function_of_the_covariates(rng):
+    grid = ds.grid.make_grid((60, 60), 1000.0, crs="EPSG:32632")
+    a = rng.standard_normal((60, 60))
+    b = np.add.outer(np.linspace(0, 1, 60), np.linspace(0, 2, 60))
+    truth = _field(3.0 * a - 2.0 * b + 5.0, grid)
+    X = xr.Dataset({"a": _field(a, grid), "b": _field(b, grid)})
+    coarse = ds.grid.block_mean(truth, 6)
+    model = Downscaler(trend=LinearRegression(), calibrate_std=False).fit(coarse, X)
+    fine = model.predict(X)
+    np.testing.assert_allclose(fine.values, truth.values, atol=1e-8)
+    np.testing.assert_allclose(model.residual_coarse_.values, 0.0, atol=1e-9)
+    assert model.factor_ == 6 and model.feature_names_ == ["a", "b"]
+
+
+def test_constant_trend_is_coherent_kriging_of_the_field(rng):
+    grid = ds.grid.make_grid((60, 60), 1000.0, crs="EPSG:32632")
+    yy, xx = np.mgrid[0:60, 0:60] / 60
+    truth = _field(np.sin(3 * xx) + np.cos(2 * yy), grid)
+    X = xr.Dataset({"noise": _field(rng.standard_normal((60, 60)), grid)})
+    coarse = ds.grid.block_mean(truth, 6)
+    fine = Downscaler(trend="none", calibrate_std=False).fit(coarse, X).predict(X)
+    assert _coherence_error(fine, coarse, 6) < 1e-12
+    bilinear = ds.grid.upsample(coarse, 6, "bilinear")
+    rmse = np.sqrt(np.mean((fine - truth).values ** 2))
+    assert rmse < np.sqrt(np.mean((bilinear - truth).values ** 2))
+
+
+@pytest.mark.parametrize("variable", ["lst", "precipitation", "soil_moisture"])
+def test_coherent_and_within_bounds(scenes, variable):
+    scene, X = scenes[variable]
+    mask = scene.mask if variable != "precipitation" else None
+    model = Downscaler(calibrate_std=False).fit(scene.coarse, X, mask=mask)
+    fine, std = model.predict(X, return_std=True)
+    assert _coherence_error(fine, scene.coarse) < 1e-9
+    low, high = scene.bounds
+    values = fine.values[np.isfinite(fine.values)]
+    if low is not None:
+        assert values.min() >= low
+    if high is not None:
+        assert values.max() <= high
+    # CF metadata and names
+    assert fine.name == variable and std.name == f"{variable}_std"
+    assert fine.attrs["units"] == scene.coarse.attrs["units"]
+    assert fine.attrs["standard_name"] == scene.coarse.attrs["standard_name"]
+    assert "downscale_method" in fine.attrs
+    assert ds.grid.get_crs(fine).to_epsg() == 32632
+    # std is finite and positive wherever the prediction is
+    finite = np.isfinite(fine.values)
+    assert np.all(np.isfinite(std.values[finite])) and np.all(std.values[finite] >= 0)
+    if mask is not None:
+        assert np.all(np.isnan(fine.values[~mask.values]))
+        assert np.all(finite[mask.values])
+
+
+def test_dry_coarse_cells_stay_dry(scenes):
+    scene, X = scenes["precipitation"]
+    dry = scene.coarse.values == 0
+    assert dry.any()
+    fine = Downscaler(calibrate_std=False).fit(scene.coarse, X).predict(X)
+    blocks = fine.values.reshape(12, FACTOR, 12, FACTOR)
+    assert np.all(blocks.transpose(0, 2, 1, 3)[dry] == 0.0)
+
+
+def test_bounds_and_transform_from_attributes_or_parameters(scenes):
+    scene, X = scenes["soil_moisture"]
+    model = Downscaler(calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    assert model.bounds_ == (0.0, 0.45) and model.transform_.name == "logit"
+    model = Downscaler(bounds=(None, None), transform="none", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    assert model.bounds_ == (None, None) and model.transform_.name == "none"
+
+
+def test_nan_coarse_cells_are_filled_unless_masked(scenes):
+    scene, X = scenes["lst"]
+    coarse = scene.coarse.copy()
+    coarse[5:7, 5:7] = np.nan  # a cloud
+    model = Downscaler(trend="linear", calibrate_std=False).fit(coarse, X, mask=scene.mask)
+    fine, std = model.predict(X, return_std=True)
+    hole = fine.values[50:70, 50:70]
+    assert np.all(np.isfinite(hole))
+    truth = scene.truth.values[50:70, 50:70]
+    assert np.sqrt(np.mean((hole - truth) ** 2)) < 3 * float(np.nanstd(scene.truth))
+    assert _coherence_error(fine, coarse) < 1e-9
+    # kriging variance is larger in the hole than next to data
+    assert np.nanmean(std.values[50:70, 50:70]) > np.nanmean(std.values[20:40, 20:40])
+    masked = model.predict(X, mask="coarse")
+    assert np.all(np.isnan(masked.values[50:70, 50:70]))
+
+
+@pytest.mark.parametrize("temporal", ["per_step", "pooled"])
+def test_time_axis(temporal):
+    scene = ds.datasets.synthetic_scene("precipitation", seed=2, n_times=2, shape=(100, 100), factor=FACTOR)
+    X = ds.covariates.build(dem=scene.dem, features=["elevation", "slope"], location=True)
+    model = Downscaler(trend="linear", temporal=temporal, calibrate_std=False).fit(scene.coarse, X)
+    fine = model.predict(X)
+    assert fine.dims == ("time", "y", "x")
+    np.testing.assert_array_equal(fine["time"].values, scene.coarse["time"].values)
+    assert _coherence_error(fine, scene.coarse) < 1e-9
+    assert len(model.trend_models_) == (2 if temporal == "per_step" else 1)
+    assert fine.values.min() >= 0
+
+
+def test_time_varying_covariate_must_match_times():
+    scene = ds.datasets.synthetic_scene("lst", seed=2, n_times=2, shape=(100, 100), factor=FACTOR)
+    X = ds.covariates.build(dem=scene.dem, features=["elevation"])
+    X["anomaly"] = scene.truth - scene.truth.mean(("y", "x"))
+    model = Downscaler(trend="linear", temporal="pooled", calibrate_std=False).fit(scene.coarse, X.fillna(0.0))
+    assert model.predict(X.fillna(0.0)).sizes["time"] == 2
+    with pytest.raises(ValueError, match="has 1 time steps but the coarse field has 2"):
+        Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X.fillna(0.0).isel(time=[0]))
+
+
+def test_residual_none_is_the_trend_alone(scenes):
+    scene, X = scenes["lst"]
+    trend_only = Downscaler(trend="linear", residual="none", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    full = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    assert trend_only.atpk_ == []
+    assert _coherence_error(trend_only.predict(X), scene.coarse) > 1e-4
+    truth = scene.truth
+    rmse = {k: float(np.sqrt(((m.predict(X) - truth) ** 2).mean())) for k, m in [("none", trend_only), ("atpk", full)]}
+    assert rmse["atpk"] < rmse["none"]
+
+
+def test_sklearn_api_clone_params_and_a_spatial_parameter_search(scenes):
+    scene, X = scenes["lst"]
+    model = Downscaler(trend="rf", neighbours=3)
+    assert model.get_params()["trend"] == "rf"
+    copy = clone(model)
+    assert copy.get_params() == model.get_params() and copy is not model
+    assert clone(model.set_params(trend="linear")).trend == "linear"
+    with pytest.raises(ValueError, match="residual must be"):
+        Downscaler(residual="idw").fit(scene.coarse, X)
+    # Search over a spatial split: fit with the east half hidden, score on it.
+    train = scene.coarse.where(scene.coarse.x < scene.coarse.x.values[6])
+    test = scene.coarse.where(scene.coarse.x >= scene.coarse.x.values[6])
+    scores = {}
+    for params in ParameterGrid({"trend": ["none", "linear"], "calibrate_std": [False]}):
+        candidate = clone(Downscaler()).set_params(**params).fit(train, X, mask=scene.mask)
+        scores[params["trend"]] = candidate.score(test, X)
+    # LST follows elevation: the covariates must beat kriging the field itself on unseen cells.
+    assert scores["linear"] > scores["none"]
+    assert scores["linear"] > 0.5
+    assert Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask).score(
+        scene.coarse, X
+    ) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_bad_input(scenes):
+    scene, X = scenes["lst"]
+    model = Downscaler(trend="linear", calibrate_std=False)
+    gappy = X.copy()
+    gappy["ndvi"] = X["ndvi"].where(X["ndvi"].x > X["ndvi"].x.values[30])
+    with pytest.raises(ValueError, match="Covariates have NaN where the coarse target is valid: ndvi"):
+        model.fit(scene.coarse, gappy)
+    fitted = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    with pytest.raises(ValueError, match=r"X is missing covariate\(s\) \['slope'\] seen in fit"):
+        fitted.predict(X.drop_vars("slope"))
+    shifted = scene.coarse.assign_coords(x=scene.coarse.x + 3000.0)
+    with pytest.raises(ValueError, match="grid does not match the fine covariates X.*downscale.align"):
+        model.fit(shifted, X)
+    with pytest.raises(ValueError, match="grid does not match"):
+        model.fit(scene.coarse.isel(y=slice(0, 10)), X)
+    single = scene.coarse.where((scene.coarse.x == scene.coarse.x[3]) & (scene.coarse.y == scene.coarse.y[3]))
+    with pytest.raises(ValueError, match="has 1 valid cell.*needs at least 10"):
+        model.fit(single, X)
+    with pytest.raises(ValueError, match="has 1 valid cell.*needs at least 3"):
+        Downscaler(residual="none").fit(single, X)
+    with pytest.raises(TypeError, match="coarse must be an xarray DataArray"):
+        model.fit(scene.coarse.values, X)
+    with pytest.raises(TypeError, match="X must be an xarray Dataset"):
+        model.fit(scene.coarse, X["elevation"].values)
+    with pytest.raises(ValueError, match="trend must be one of"):
+        Downscaler(trend="gbm").fit(scene.coarse, X)
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        Downscaler().predict(X)
+
+
+def test_out_of_range_coarse_values_are_clipped_with_a_warning(scenes):
+    scene, X = scenes["precipitation"]
+    coarse = scene.coarse.copy()
+    coarse[0, 0] = -1.0
+    with pytest.warns(UserWarning, match="outside the bounds"):
+        model = Downscaler(trend="linear", calibrate_std=False).fit(coarse, X)
+    assert model.predict(X).values[:FACTOR, :FACTOR].max() == 0.0
+
+
+def test_models_import_without_torch():
+    import downscale.models as models
+
+    assert "UNetDownscaler" in models.__all__
+    assert callable(models.make_trend)
