@@ -77,7 +77,7 @@ def plot_maps(fields, *, ncols=None, share=None, cmap="viridis", stations=None, 
     ncols = ncols or min(n, 4)
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(figsize_per_panel * ncols * 1.15, figsize_per_panel * nrows), squeeze=False
+        nrows, ncols, figsize=(figsize_per_panel * ncols * 1.3, figsize_per_panel * nrows), squeeze=False
     )
     share = set(share or [])
     shared_values = [
