@@ -1,0 +1,1385 @@
+"""Operational runs: a YAML configuration, a resumable time loop, and tiled processing through dask.
+
+``downscale run CONFIG.yaml`` reads a configuration (see :func:`load_config`),
+fits a :class:`~downscale.Downscaler` on every time step of the coarse input
+files and writes one netCDF file per time step.
+
+Why tiles
+---------
+The coarse field of one time step is small (100 x 100 cells is 80 kB); its
+fine grid is not (2500 x 2500 pixels times a dozen covariates is 600 MB, and
+a domain four times larger is 2.4 GB). Everything that lives on the fine grid
+is therefore processed in tiles of ``tile x tile`` coarse cells, through dask,
+and never held whole:
+
+1. block means of the covariates, tile by tile (coarse-sized results);
+2. the trend model, fitted on the coarse cells, is applied tile by tile and
+   only the block means of its fine prediction are kept (the coarse residual);
+3. area-to-point kriging of the coarse residual, through the kriging module's
+   dask path: each tile of coarse cells is kriged with a halo of
+   ``neighbours // 2`` cells, so its fine prediction is the one of the whole
+   grid (:class:`downscale.kriging.ATPK`);
+4. trend + residual, back-transform, coherence correction, standard deviation
+   and area of applicability, tile by tile, streamed into the output file.
+
+Tiles are aligned to coarse blocks, so every per-block operation (block
+means, the coherence correction) sees whole blocks and gives exactly the
+in-memory result; :func:`downscale_step` is tested against
+``Downscaler.fit(...).predict(...)``. Peak memory is set by the tile size and
+the number of tiles in flight, not by the domain.
+
+Why resumable
+-------------
+Each output is written to a temporary file in the output directory and moved
+into place (an atomic rename) only after the attribute ``downscale_complete =
+1`` has been written last. A rerun opens every existing output and checks the
+variables, the grid, the time and that attribute (:func:`is_complete`); it
+skips complete files and redoes the others. An interruption (Ctrl-C, a
+killed job) leaves at most a temporary ``.*.part`` file, which the next run
+removes. A time step that fails (unreadable file, all-NaN field, a fit that
+cannot be done) is reported and skipped; the others complete and the exit
+code is 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import glob as glob_module
+import logging
+import os
+import sys
+import tempfile
+import time as time_module
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import grid as grid_module
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "StepResult",
+    "WorkItem",
+    "downscale_step",
+    "is_complete",
+    "load_config",
+    "plan_work",
+    "run",
+    "run_command",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Output variable names of the ``outputs.variables`` keys.
+OUTPUT_VARIABLES = ("mean", "std", "aoa")
+#: Global attribute written last into every finished output.
+COMPLETE_ATTRIBUTE = "downscale_complete"
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run: the message names the key and the fix."""
+
+
+# =============================================================== configuration
+
+
+@dataclass
+class InputsConfig:
+    """Coarse input files: a glob of netCDF files, the variable, an optional time range."""
+
+    files: str
+    variable: str
+    start: pd.Timestamp | None = None
+    end: pd.Timestamp | None = None
+    paths: list = field(default_factory=list)
+
+
+@dataclass
+class CovariatesConfig:
+    """Fine covariates: a DEM (GeoTIFF or netCDF), NDVI, a mask, or a ready covariate stack."""
+
+    dem: Path | None = None
+    ndvi: Path | None = None
+    mask: Path | None = None
+    stack: Path | None = None
+    location: bool = True
+    features: list | None = None
+    tpi_radii: list | None = None
+
+
+@dataclass
+class ModelConfig:
+    """The model: ``type: downscaler`` with the :class:`~downscale.Downscaler` parameters."""
+
+    type: str = "downscaler"
+    parameters: dict = field(default_factory=dict)
+
+
+@dataclass
+class OutputsConfig:
+    """Where and what to write."""
+
+    directory: Path
+    pattern: str = "{variable}_{time:%Y%m%d}.nc"
+    compression: int = 4
+    variables: list = field(default_factory=lambda: ["mean", "std"])
+    tile: int = 32
+
+
+@dataclass
+class ValidationConfig:
+    """Stations to score the outputs against (optional)."""
+
+    stations: Path | None = None
+    crs: str | None = None
+    value_column: str = "value"
+
+
+@dataclass
+class DaskConfig:
+    """Where the tiles run: local threads, a LocalCluster of ``workers``, or a scheduler address."""
+
+    threads: int = 1
+    workers: int | None = None
+    processes: bool = False
+    scheduler: str | None = None
+
+
+@dataclass
+class RunConfig:
+    """A validated run configuration (all paths absolute)."""
+
+    inputs: InputsConfig
+    covariates: CovariatesConfig
+    outputs: OutputsConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    dask: DaskConfig = field(default_factory=DaskConfig)
+    path: Path | None = None
+
+
+# key -> (kind, required); kinds: str, int, bool, path, existing, glob, time, list, dict, address
+_SCHEMA = {
+    "inputs": {
+        "files": ("glob", True),
+        "variable": ("str", True),
+        "start": ("time", False),
+        "end": ("time", False),
+    },
+    "covariates": {
+        "dem": ("existing", False),
+        "ndvi": ("existing", False),
+        "mask": ("existing", False),
+        "stack": ("existing", False),
+        "location": ("bool", False),
+        "features": ("list", False),
+        "tpi_radii": ("list", False),
+    },
+    "model": {"type": ("str", False), "parameters": ("dict", False)},
+    "outputs": {
+        "directory": ("path", True),
+        "pattern": ("str", False),
+        "compression": ("int", False),
+        "variables": ("list", False),
+        "tile": ("int", False),
+    },
+    "validation": {"stations": ("existing", False), "crs": ("str", False), "value_column": ("str", False)},
+    "dask": {
+        "threads": ("int", False),
+        "workers": ("int", False),
+        "processes": ("bool", False),
+        "scheduler": ("str", False),
+    },
+}
+_REQUIRED_SECTIONS = ("inputs", "covariates", "outputs")
+_EXAMPLE = {
+    "glob": "coarse/*.nc",
+    "str": "a text value",
+    "int": "4",
+    "bool": "true",
+    "path": "output",
+    "existing": "dem.tif",
+    "time": "2020-01-31",
+    "list": "[mean, std]",
+    "dict": "{trend: lightgbm}",
+}
+
+
+def _closest(key, valid):
+    match = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(valid)}."
+
+
+def _check_keys(data, valid, where, source):
+    for key in data:
+        if key not in valid:
+            raise ConfigError(f"{source}: unknown key '{where}{key}'.{_closest(key, valid)}")
+
+
+def _value(kind, value, key, base, source):
+    def wrong(expected):
+        return ConfigError(
+            f"{source}: '{key}' must be {expected}, got {value!r} ({type(value).__name__}). "
+            f"Example: {key.split('.')[-1]}: {_EXAMPLE[kind]}"
+        )
+
+    if value is None:
+        return None
+    if kind == "str":
+        if not isinstance(value, str):
+            raise wrong("a text value")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("a whole number")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if kind == "list":
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, list):
+            raise wrong("a list")
+        return value
+    if kind == "dict":
+        if not isinstance(value, dict):
+            raise wrong("a mapping of names to values")
+        return value
+    if kind == "time":
+        try:
+            return pd.Timestamp(value)
+        except (ValueError, TypeError):
+            raise wrong("a date") from None
+    if not isinstance(value, str):
+        raise wrong("a path (text)")
+    path = Path(os.path.expanduser(value))
+    if not path.is_absolute():
+        path = base / path
+    if kind == "existing" and not path.exists():
+        raise ConfigError(
+            f"{source}: '{key}' names {value!r}, which does not exist (looked for {path}). "
+            f"Paths are relative to the configuration file; fix the path or remove the key."
+        )
+    return path
+
+
+def load_config(path) -> RunConfig:
+    """Read and validate a YAML run configuration.
+
+    Every problem raises :class:`ConfigError` naming the key and the fix: an
+    unknown key (with the closest valid one), a wrong type, a missing file, a
+    glob that matches nothing. Paths are relative to the configuration file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The YAML file.
+
+    Returns
+    -------
+    RunConfig
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.nc").write_bytes(b"")
+    >>> _ = (folder / "run.yaml").write_text(
+    ...     "inputs: {files: '*.nc', variable: lst}\\n"
+    ...     "covariates: {location: true}\\n"
+    ...     "outputs: {directory: out, compresion: 4}\\n")
+    >>> load_config(folder / "run.yaml")
+    Traceback (most recent call last):
+    ...
+    downscale.run.ConfigError: ...run.yaml: unknown key 'outputs.compresion'. Did you mean 'compression'?
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(
+            f"No such configuration file: {path}. Give the path of a YAML file, e.g. data/example.yaml."
+        )
+    source = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping with sections {', '.join(_SCHEMA)}, got {type(data).__name__}."
+        )
+    _check_keys(data, list(_SCHEMA), "", source)
+    for section in _REQUIRED_SECTIONS:
+        if section not in data:
+            raise ConfigError(f"{source}: missing section '{section}'. Add it, e.g. as in data/example.yaml.")
+    base = path.resolve().parent
+    parsed = {}
+    for section, schema in _SCHEMA.items():
+        raw = data.get(section) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: '{section}' must be a mapping of keys to values, got {raw!r}.")
+        _check_keys(raw, list(schema), f"{section}.", source)
+        values = {}
+        for key, (kind, required) in schema.items():
+            if key not in raw or raw[key] is None:
+                if required:
+                    raise ConfigError(
+                        f"{source}: missing key '{section}.{key}'. Add it, e.g. {key}: {_EXAMPLE[kind]}"
+                    )
+                continue
+            values[key] = _value(kind, raw[key], f"{section}.{key}", base, source)
+        parsed[section] = values
+
+    inputs = InputsConfig(**parsed["inputs"])
+    pattern = str(inputs.files)
+    paths = sorted(glob_module.glob(pattern))
+    if not paths:
+        raise ConfigError(
+            f"{source}: 'inputs.files' matches no file ({pattern}). Paths are relative to the configuration "
+            f"file; check the folder and the pattern."
+        )
+    inputs.paths = [Path(p) for p in paths]
+    inputs.files = pattern
+    if inputs.start is not None and inputs.end is not None and inputs.end < inputs.start:
+        raise ConfigError(f"{source}: 'inputs.end' ({inputs.end}) is before 'inputs.start' ({inputs.start}).")
+
+    covariates = CovariatesConfig(**parsed["covariates"])
+    if covariates.dem is None and covariates.stack is None and covariates.ndvi is None:
+        raise ConfigError(
+            f"{source}: 'covariates' needs a 'dem' (GeoTIFF or netCDF), an 'ndvi' or a ready 'stack' "
+            f"(netCDF of fine covariates); they define the fine grid."
+        )
+    model = ModelConfig(**parsed["model"])
+    if model.type != "downscaler":
+        raise ConfigError(
+            f"{source}: 'model.type' must be 'downscaler', got {model.type!r}. (UNet models are not run by "
+            f"`downscale run` yet; use downscale.models.UNetDownscaler from Python.)"
+        )
+    _check_parameters(model.parameters, source)
+
+    outputs = OutputsConfig(**parsed["outputs"])
+    unknown = [v for v in outputs.variables if v not in OUTPUT_VARIABLES]
+    if unknown or "mean" not in outputs.variables:
+        raise ConfigError(
+            f"{source}: 'outputs.variables' must list 'mean' and optionally 'std' and 'aoa', got "
+            f"{outputs.variables}." + (_closest(unknown[0], OUTPUT_VARIABLES) if unknown else "")
+        )
+    if not 0 <= outputs.compression <= 9:
+        raise ConfigError(
+            f"{source}: 'outputs.compression' must be 0 (none) to 9, got {outputs.compression}."
+        )
+    if outputs.tile < 1:
+        raise ConfigError(
+            f"{source}: 'outputs.tile' (coarse cells per tile side) must be >= 1, got {outputs.tile}."
+        )
+    try:
+        _output_name(outputs.pattern, inputs.variable, pd.Timestamp("2000-01-01"), "file", 0)
+    except (KeyError, ValueError, IndexError) as error:
+        raise ConfigError(
+            f"{source}: 'outputs.pattern' {outputs.pattern!r} cannot be filled ({error!r}). Use the fields "
+            f"{{variable}}, {{time:%Y%m%d}}, {{stem}} (input file name) and {{index}}."
+        ) from None
+    dask = DaskConfig(**parsed["dask"])
+    for key in ("threads", "workers"):
+        value = getattr(dask, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{source}: 'dask.{key}' must be >= 1, got {value}.")
+    return RunConfig(
+        inputs=inputs,
+        covariates=covariates,
+        outputs=outputs,
+        model=model,
+        validation=ValidationConfig(**parsed["validation"]),
+        dask=dask,
+        path=path.resolve(),
+    )
+
+
+def _check_parameters(parameters, source):
+    from .downscaler import Downscaler
+
+    valid = list(Downscaler().get_params(deep=False))
+    for key in parameters:
+        if key not in valid:
+            raise ConfigError(f"{source}: unknown key 'model.parameters.{key}'.{_closest(key, valid)}")
+    if parameters.get("temporal", "per_step") != "per_step":
+        raise ConfigError(
+            f"{source}: 'model.parameters.temporal' must be 'per_step' in a run (one fit per time step), "
+            f"got {parameters['temporal']!r}."
+        )
+    try:
+        Downscaler(**parameters)._check_parameters()
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{source}: 'model.parameters': {error}") from None
+
+
+def _output_name(pattern, variable, time, stem, index):
+    return pattern.format(variable=variable, time=time, stem=stem, index=index)
+
+
+# ================================================================== the work
+
+
+@dataclass
+class WorkItem:
+    """One time step of one input file, and where its output goes."""
+
+    source: Path
+    index: int | None
+    time: pd.Timestamp | None
+    output: Path
+    error: str | None = None  # set when the input could not be read
+
+
+@dataclass
+class StepResult:
+    """What happened to one work item: ``status`` is ``done``, ``skipped`` (already complete) or ``failed``."""
+
+    item: WorkItem
+    status: str
+    seconds: float = 0.0
+    message: str = ""
+
+
+def _open_coarse(path, variable):
+    data = xr.open_dataset(path, decode_coords="all")
+    if variable not in data.data_vars:
+        names = sorted(data.data_vars)
+        data.close()
+        raise ValueError(f"has no variable {variable!r} (it has {names}); set inputs.variable.")
+    return data
+
+
+def plan_work(config: RunConfig) -> list:
+    """List every time step of the input files in the time range, with its output path.
+
+    A file that cannot be opened gives one item with ``error`` set (reported, not raised).
+    """
+    items = []
+    seen = {}
+    for path in config.inputs.paths:
+        try:
+            with _open_coarse(path, config.inputs.variable) as data:
+                variable = data[config.inputs.variable]
+                if "time" in variable.dims:
+                    times = [pd.Timestamp(t) for t in variable["time"].values]
+                else:
+                    times = [pd.Timestamp(variable["time"].values) if "time" in variable.coords else None]
+        except Exception as error:  # noqa: BLE001 - any unreadable file is reported and skipped
+            items.append(WorkItem(path, None, None, config.outputs.directory / f"{path.stem}.nc", f"{error}"))
+            continue
+        for index, time in enumerate(times):
+            if time is not None and (
+                (config.inputs.start is not None and time < config.inputs.start)
+                or (config.inputs.end is not None and time > config.inputs.end)
+            ):
+                continue
+            name = _output_name(config.outputs.pattern, config.inputs.variable, time, path.stem, len(items))
+            output = config.outputs.directory / name
+            if output in seen:
+                raise ConfigError(
+                    f"{config.path}: 'outputs.pattern' {config.outputs.pattern!r} gives the same file {name} for "
+                    f"{seen[output]} and {path.name}[{index}]; add {{time:%Y%m%d%H}} or {{stem}} to it."
+                )
+            seen[output] = f"{path.name}[{index}]"
+            items.append(WorkItem(path, index if "time" in variable.dims else None, time, output))
+    return items
+
+
+# ============================================================ tiled downscaling
+
+
+def _block_mean_tile(values, row_weights, factor):
+    return grid_module._block_mean_array(values, row_weights, factor, 1e-9)[0]
+
+
+def _masked(features, mask):
+    features = np.asarray(features, dtype=np.float64)
+    return features if mask is None else np.where(np.asarray(mask, dtype=bool), features, np.nan)
+
+
+def _features_coarse_tile(features, mask, row_weights, factor):
+    return _block_mean_tile(_masked(features, mask), row_weights, factor)
+
+
+def _trend_tile(model, features):
+    """Trend of a feature tile ``(k, ny, nx)``: NaN where a feature is NaN."""
+    k, ny, nx = features.shape
+    table = features.reshape(k, -1).T
+    ok = np.isfinite(table).all(axis=1)
+    out = np.full(ny * nx, np.nan)
+    if ok.any():
+        out[ok] = model.trend_models_[0].predict(table[ok])
+    return out.reshape(ny, nx)
+
+
+def _trend_pass_tile(model, features, mask, coarse_valid, row_weights, factor):
+    """Block mean of the fine trend, and the count of covariate gaps under valid coarse cells."""
+    features = _masked(features, mask)
+    trend = _trend_tile(model, features)
+    fine_valid = np.repeat(np.repeat(coarse_valid, factor, axis=0), factor, axis=1)
+    if mask is not None:
+        fine_valid &= np.asarray(mask, dtype=bool)
+    gaps = (~np.isfinite(features) & fine_valid).reshape(features.shape[0], -1).sum(axis=1)
+    return _block_mean_tile(trend, row_weights, factor), gaps
+
+
+def _output_tile(
+    model, features, mask, residual, variance, coarse, row_weights, factor, wanted, train, smooth
+):
+    """Every output variable of one tile, as ``(len(wanted), ny, nx)`` float64."""
+    features = _masked(features, mask)
+    trend = _trend_tile(model, features)
+    valid_pixels = np.isfinite(trend)
+    residual = np.asarray(residual, dtype=np.float64)
+    variance = np.asarray(variance, dtype=np.float64)
+    if smooth is not None:
+        smooth_values, sill = smooth
+        gaps = ~np.isfinite(residual)
+        residual = np.where(gaps, smooth_values, residual)
+        variance = np.where(gaps, sill, variance)
+    z = trend + residual
+    prediction = model.transform_.inverse(z)
+    low, high = model.bounds_
+    if low is not None or high is not None:
+        prediction = np.clip(prediction, -np.inf if low is None else low, np.inf if high is None else high)
+    prediction = np.where(valid_pixels, prediction, np.nan)
+    if model.residual == "atpk" and np.isfinite(prediction).any():
+        from .models.transforms import _correct_array
+
+        m = np.repeat(np.repeat(_block_mean_tile(prediction, row_weights, factor), factor, 0), factor, 1)
+        c = np.repeat(np.repeat(np.asarray(coarse, dtype=np.float64), factor, 0), factor, 1)
+        corrected = _correct_array(prediction, m, c, low, high)
+        prediction = np.where(np.isfinite(c) & np.isfinite(m), corrected, prediction)
+    out = [prediction]
+    if "std" in wanted:
+        total = variance + model.trend_variance_[0]
+        std = model.std_scale_ * np.sqrt(total) * np.abs(model.transform_.derivative(z))
+        out.append(np.where(valid_pixels, std, np.nan))
+    if "aoa" in wanted:
+        from .validation.aoa import area_of_applicability
+
+        k, ny, nx = features.shape
+        table = features.reshape(k, -1).T
+        inside = np.zeros(ny * nx)
+        finite = np.isfinite(table).all(axis=1)
+        if finite.any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                inside[finite] = area_of_applicability(train, table[finite])[1]
+        out.append(np.where(valid_pixels, inside.reshape(ny, nx), np.nan))
+    return np.stack(out)
+
+
+def _tile_slices(n_coarse, tile, factor):
+    starts = range(0, n_coarse, tile)
+    return [
+        (slice(s, min(s + tile, n_coarse)), slice(s * factor, min(s + tile, n_coarse) * factor))
+        for s in starts
+    ]
+
+
+def _feature_array(X, names, fine_chunk):
+    import dask.array as da
+
+    arrays = []
+    for name in names:
+        variable = X[name].transpose("y", "x")
+        data = variable.data
+        if not hasattr(data, "dask"):
+            data = da.from_array(np.asarray(data), chunks=fine_chunk)
+        arrays.append(data.astype(np.float64))
+    return da.stack(arrays).rechunk({0: len(names), 1: fine_chunk, 2: fine_chunk})
+
+
+def _as_mask_array(mask, fine_chunk):
+    import dask.array as da
+
+    if mask is None:
+        return None
+    data = mask.transpose("y", "x").data
+    if not hasattr(data, "dask"):
+        data = da.from_array(np.asarray(data, dtype=bool), chunks=fine_chunk)
+    return data.astype(bool).rechunk(fine_chunk)
+
+
+def _fit_tiled(model, coarse, X, mask, tile):
+    """Fit ``model`` (a Downscaler) on one coarse step exactly as ``Downscaler.fit``, holding only tiles."""
+    import dask
+    import dask.array as da
+
+    from .models.transforms import make_transform
+    from .models.trend import make_trend
+
+    model._check_parameters()
+    coarse = model._check_coarse(coarse)
+    if coarse.ndim != 2:
+        raise ValueError(f"_fit_tiled takes one time step (dims ('y', 'x')), got {coarse.dims}.")
+    X, variables = model._check_X(X)
+    for name in variables:
+        if X[name].dims != ("y", "x") and set(X[name].dims) != {"y", "x"}:
+            raise ValueError(f"Covariate {name!r} has dims {X[name].dims}; select one time step first.")
+    factor = model._nesting(coarse, X)
+    bounds = model._resolve_bounds(coarse)
+    transform = make_transform(model.transform, bounds)
+    model.feature_names_ = variables
+    model.n_features_in_ = len(variables)
+    model.factor_ = factor
+    model.bounds_ = bounds
+    model.transform_ = transform
+    model.fine_shape_ = (X.sizes["y"], X.sizes["x"])
+    model.mask_ = None if mask is None else mask  # kept lazily; the tiles apply it
+    values = model._clip_to_bounds(np.asarray(coarse.values, dtype=np.float64)[None], bounds)
+    model.coarse_ = coarse.copy(data=values[0])
+
+    fine_chunk = tile * factor
+    features = _feature_array(X, variables, fine_chunk)
+    mask_array = _as_mask_array(mask, fine_chunk)
+    row_weights = grid_module.block_sum_weights(X, factor)
+    cy, cx = coarse.shape
+    rows, cols = _tile_slices(cy, tile, factor), _tile_slices(cx, tile, factor)
+
+    def tiles(function, *extra):
+        out = []
+        for ys, fy in rows:
+            for xs, fx in cols:
+                m = None if mask_array is None else mask_array[fy, fx]
+                out.append(
+                    dask.delayed(function)(
+                        *extra[:1],
+                        features[:, fy, fx],
+                        m,
+                        *[e[ys, xs] for e in extra[1:]],
+                        row_weights[fy],
+                        factor,
+                    )
+                )
+        return out
+
+    def assemble(results, index=None):
+        full = None
+        k = 0
+        for ys, _ in rows:
+            for xs, _ in cols:
+                part = results[k] if index is None else results[k][index]
+                if full is None:
+                    full = np.full((*part.shape[:-2], cy, cx), np.nan)
+                full[..., ys, xs] = part
+                k += 1
+        return full
+
+    # 1. Block means of the covariates.
+    parts = dask.compute(*tiles(lambda f, m, w, fac: _features_coarse_tile(f, m, w, fac)))
+    features_coarse = assemble(parts)[None]  # (1, k, cy, cx)
+    z_coarse = transform.forward(values)
+    n_valid = int((np.isfinite(z_coarse[0]) & np.isfinite(features_coarse[0]).all(axis=0)).sum())
+    from .downscaler import MIN_CELLS_KRIGING, MIN_CELLS_TREND
+
+    needed = MIN_CELLS_KRIGING if model.residual == "atpk" else MIN_CELLS_TREND
+    if n_valid < needed:
+        raise ValueError(
+            f"The coarse field has {n_valid} valid cell(s); the Downscaler needs at least {needed}. "
+            f"Use a larger area, fill the gaps, or drop that time step."
+        )
+    train_rows, target = model._coarse_rows(features_coarse, z_coarse, [0])
+    trend = make_trend(model.trend, random_state=model.random_state, n_jobs=model.n_jobs)
+    model.trend_models_ = [trend.fit(train_rows, target)]
+    model.train_rows_ = train_rows
+
+    # 2. Block means of the fine trend (and covariate gaps under valid coarse cells).
+    coarse_valid = np.isfinite(values[0])
+    parts = dask.compute(
+        *tiles(
+            lambda mdl, f, m, v, w, fac: _trend_pass_tile(mdl, f, m, v, w, fac),
+            model,
+            coarse_valid,
+        )
+    )
+    trend_block = assemble(parts, 0)
+    gaps = np.sum([p[1] for p in parts], axis=0)
+    if gaps.any():
+        names = [f"{n} ({c} pixels)" for n, c in zip(variables, gaps, strict=True) if c]
+        raise ValueError(
+            f"Covariates have NaN where the coarse target is valid: {', '.join(names)}. Fill the gaps "
+            f"(e.g. downscale.covariates.fill_gaps), or give a mask to exclude those pixels."
+        )
+    residual = np.where(np.isfinite(z_coarse[0]), z_coarse[0] - trend_block, np.nan)
+    model.residual_coarse_ = coarse.copy(data=residual)
+    model.residual_coarse_.attrs = {"long_name": f"coarse residual of the trend ({transform.name} space)"}
+    model.atpk_ = []
+    if model.residual == "atpk":
+        lazy = model.residual_coarse_.copy(data=da.from_array(residual, chunks=tile))
+        model.atpk_ = model._fit_kriging(lazy, 1)
+    model.trend_variance_ = model._trend_variance(features_coarse, z_coarse, residual.reshape(1, -1), [[0]])
+    model.std_scale_ = 1.0
+    if model.calibrate_std:
+        model.std_scale_ = model._wald_scale(coarse, features_coarse, X)
+    return model
+
+
+def downscale_step(coarse, X, parameters=None, mask=None, tile: int = 32, variables=("mean", "std")):
+    """Downscale one time step in tiles: the lazy (dask-backed) result of ``Downscaler.fit`` + ``predict``.
+
+    Parameters
+    ----------
+    coarse : xarray.DataArray
+        Coarse field ``(y, x)`` of one time step.
+    X : xarray.Dataset
+        Fine covariates ``(y, x)``, numpy- or dask-backed (e.g. opened with ``chunks=``).
+    parameters : dict, optional
+        :class:`~downscale.Downscaler` parameters.
+    mask : xarray.DataArray of bool, optional
+        Fine pixels where a value is wanted.
+    tile : int
+        Tile side in coarse cells; the fine tiles are ``tile * factor`` pixels square.
+    variables : sequence of {"mean", "std", "aoa"}
+        Outputs: the prediction, its standard deviation, the area of applicability (1 inside, 0 outside).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed variables on the fine grid (``<name>``, ``<name>_std``, ``aoa``), equal to the
+        in-memory ``Downscaler`` result; compute or write it to get the values. The fitted model is
+        in ``result.attrs`` only as its description; use :func:`run` for files.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import downscale as ds
+    >>> scene = ds.datasets.synthetic_scene("lst", seed=0, shape=(60, 60), factor=10)
+    >>> X = ds.covariates.build(dem=scene.dem, location=True, features=["elevation", "slope"])
+    >>> params = dict(trend="linear", calibrate_std=False)
+    >>> tiled = downscale_step(scene.coarse, X, params, mask=scene.mask, tile=2).compute()
+    >>> memory = ds.Downscaler(**params).fit(scene.coarse, X, mask=scene.mask).predict(X)
+    >>> bool(np.allclose(tiled["lst"], memory, rtol=0, atol=1e-10, equal_nan=True))
+    True
+    """
+    import dask
+    import dask.array as da
+
+    from .downscaler import Downscaler
+
+    variables = list(variables)
+    model = Downscaler(**dict(parameters or {}))
+    if mask is not None:
+        mask = mask.astype(bool) if hasattr(mask, "astype") else mask
+    _fit_tiled(model, coarse, X, mask, tile)
+    factor = model.factor_
+    fine_chunk = tile * factor
+    features = _feature_array(X, model.feature_names_, fine_chunk)
+    mask_array = _as_mask_array(mask, fine_chunk)
+    row_weights = grid_module.block_sum_weights(X, factor)
+    ny, nx = model.fine_shape_
+    cy, cx = model.coarse_.shape
+    if model.residual == "atpk":
+        atpk = model.atpk_[0]
+        residual, variance = atpk.predict(factor, return_variance=True)
+        residual = residual.data.reshape(ny, nx)
+        variance = variance.data.reshape(ny, nx)
+    else:
+        spread = float(np.nanvar(model.residual_coarse_.values))
+        residual = da.zeros((ny, nx), chunks=fine_chunk)
+        variance = da.full((ny, nx), spread, chunks=fine_chunk)
+    smooth = None
+    residual_values = model.residual_coarse_.values
+    if model.residual == "atpk" and not np.isfinite(residual_values).all():
+        from .downscaler import _fill_nearest
+
+        # Coarse cells without data get a bilinear fill of the nearest residuals (as Downscaler.predict);
+        # the fill is a coarse array, upsampled tile by tile with a one-cell halo.
+        filled = _fill_nearest(residual_values)
+        sill = float(model.atpk_[0].variogram_.sill + model.atpk_[0].variogram_.nugget)
+        smooth = (_bilinear_tiled(filled, factor, tile), sill)
+    coarse_values = model.coarse_.values
+    wanted = [v for v in ("mean", "std", "aoa") if v in variables]
+    train = getattr(model, "train_rows_", None)
+
+    rows_out = []
+    for ys, fy in _tile_slices(cy, tile, factor):
+        row = []
+        for xs, fx in _tile_slices(cx, tile, factor):
+            m = None if mask_array is None else mask_array[fy, fx]
+            s = None if smooth is None else (smooth[0][fy, fx], smooth[1])
+            task = dask.delayed(_output_tile)(
+                model,
+                features[:, fy, fx],
+                m,
+                residual[fy, fx],
+                variance[fy, fx],
+                coarse_values[ys, xs],
+                row_weights[fy],
+                factor,
+                wanted,
+                train,
+                s,
+            )
+            shape = (len(wanted), fy.stop - fy.start, fx.stop - fx.start)
+            row.append(da.from_delayed(task, shape=shape, dtype=np.float64))
+        rows_out.append(row)
+    stacked = da.block(rows_out).rechunk({0: 1})
+    name = coarse.name or "value"
+    fine_coords = {"y": X["y"].values, "x": X["x"].values}
+    out = xr.Dataset(coords=fine_coords)
+    crs = grid_module.get_crs(X) or grid_module.get_crs(coarse)
+    description = model._method_description()
+    attrs = {k: v for k, v in coarse.attrs.items() if k not in ("cell_methods",)}
+    attrs["downscale_method"] = description
+    for i, kind in enumerate(wanted):
+        if kind == "mean":
+            out[name] = (("y", "x"), stacked[i], attrs)
+        elif kind == "std":
+            std_attrs = {
+                "long_name": f"standard deviation of the downscaled {coarse.attrs.get('long_name', name)}",
+                "downscale_method": description,
+            }
+            if "units" in coarse.attrs:
+                std_attrs["units"] = coarse.attrs["units"]
+            out[f"{name}_std"] = (("y", "x"), stacked[i], std_attrs)
+        else:
+            out["aoa"] = (
+                ("y", "x"),
+                stacked[i],
+                {
+                    "long_name": "inside the area of applicability of the trend model (1) or not (0)",
+                    "units": "1",
+                },
+            )
+    for axis in ("y", "x"):
+        out[axis].attrs.update(X[axis].attrs)
+    if crs is not None:
+        out = grid_module.set_crs(out, crs)
+        for variable in out.data_vars.values():
+            variable.attrs["grid_mapping"] = "spatial_ref"
+    out.attrs["downscale_trend_variance"] = float(model.trend_variance_[0])
+    return out
+
+
+def _bilinear_tiled(coarse_values, factor, tile):
+    """``grid.upsample(..., "bilinear")`` of a small coarse array, as a dask array of fine tiles.
+
+    Each tile uses the whole grid's interpolation indices, so it equals the whole-grid result.
+    """
+    import dask.array as da
+
+    array = da.from_array(np.zeros(coarse_values.shape), chunks=tile)
+
+    def upsample(block, block_info=None):
+        (y0, y1), (x0, x1) = block_info[0]["array-location"]
+        return _bilinear_window(coarse_values, factor, slice(y0, y1), slice(x0, x1))
+
+    chunks = tuple(tuple(c * factor for c in axis) for axis in array.chunks)
+    return da.map_blocks(upsample, array, chunks=chunks, dtype=np.float64)
+
+
+def _bilinear_window(values, factor, ys, xs):
+    """Bilinear upsampling of ``values[ys, xs]`` computed with the whole grid's edge rules."""
+    cy, cx = values.shape
+    y0, y1, wy = grid_module._bilinear_axis(cy, factor)
+    x0, x1, wx = grid_module._bilinear_axis(cx, factor)
+    fy = slice(ys.start * factor, ys.stop * factor)
+    fx = slice(xs.start * factor, xs.stop * factor)
+    y0, y1, wy = y0[fy], y1[fy], wy[fy]
+    x0, x1, wx = x0[fx], x1[fx], wx[fx]
+    valid = ~np.isnan(values)
+    filled = np.where(valid, values, 0.0)
+    total = np.zeros((y0.size, x0.size))
+    weight = np.zeros_like(total)
+    for rows, row_w in ((y0, 1 - wy), (y1, wy)):
+        for cols, col_w in ((x0, 1 - wx), (x1, wx)):
+            w = row_w[:, None] * col_w[None, :]
+            total += filled[rows[:, None], cols[None, :]] * w
+            weight += valid[rows[:, None], cols[None, :]] * w
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 1e-12, total / weight, np.nan)
+
+
+# ================================================================ covariates
+
+
+def _read_grid(path, name):
+    """Read a (y, x) or (time, y, x) field from a GeoTIFF or a netCDF file."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import rioxarray
+
+        raster = rioxarray.open_rasterio(path, masked=True)
+        if "band" in raster.dims:
+            if raster.sizes["band"] != 1:
+                raise ConfigError(
+                    f"covariates.{name}: {path.name} has {raster.sizes['band']} bands; give a single-band GeoTIFF."
+                )
+            raster = raster.squeeze("band", drop=True)
+        raster = raster.drop_vars([c for c in raster.coords if c not in ("y", "x", "spatial_ref")])
+        return raster.astype(np.float64).load().rename(name)
+    with xr.open_dataset(path, decode_coords="all") as data:
+        names = [n for n, v in data.data_vars.items() if {"y", "x"} <= set(v.dims)]
+        if not names:
+            raise ConfigError(f"covariates.{name}: {path.name} has no variable with dims (y, x).")
+        chosen = name if name in names else names[0]
+        return data[chosen].load()
+
+
+def _covariate_key(config):
+    parts = [repr(dataclasses.asdict(config.covariates))]
+    for value in (config.covariates.dem, config.covariates.ndvi):
+        if value is not None:
+            stat = Path(value).stat()
+            parts.append(f"{value}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def load_covariates(config: RunConfig, fine_chunk: int):
+    """The fine covariates (dask-backed, chunked in tiles) and the mask (or None).
+
+    A ready ``stack`` is opened lazily. Covariates built from a DEM / NDVI are computed once,
+    cached in ``<outputs.directory>/covariates.nc`` and reopened lazily; a rerun with the same
+    inputs reuses the cache.
+    """
+    from . import covariates as covariates_module
+
+    cfg = config.covariates
+    chunks = {"y": fine_chunk, "x": fine_chunk}
+    if cfg.stack is not None:
+        X = _open_lazy(cfg.stack, chunks)
+        X = X[[n for n, v in X.data_vars.items() if {"y", "x"} <= set(v.dims)]]
+    else:
+        cache = config.outputs.directory / "covariates.nc"
+        key = _covariate_key(config)
+        X = None
+        if cache.exists():
+            try:
+                X = _open_lazy(cache, chunks)
+                if X.attrs.get("downscale_covariates_key") != key or X.attrs.get(COMPLETE_ATTRIBUTE) != 1:
+                    X.close()
+                    X = None
+            except Exception:  # noqa: BLE001 - an unreadable cache is rebuilt
+                X = None
+        if X is None:
+            dem = None if cfg.dem is None else _read_grid(cfg.dem, "elevation")
+            ndvi = None if cfg.ndvi is None else _read_grid(cfg.ndvi, "ndvi")
+            options = {}
+            if cfg.features is not None:
+                options["features"] = cfg.features
+            if cfg.tpi_radii is not None:
+                options["tpi_radii"] = tuple(float(r) for r in cfg.tpi_radii)
+            try:
+                built = covariates_module.build(dem=dem, ndvi=ndvi, location=cfg.location, **options)
+            except (ValueError, TypeError) as error:
+                raise ConfigError(f"{config.path}: building the covariates failed: {error}") from None
+            _write_atomic(built, cache, compression=1, attrs={"downscale_covariates_key": key}, chunk=256)
+            del built
+            X = _open_lazy(cache, chunks)
+    mask = None
+    if cfg.mask is not None:
+        mask = _read_grid(cfg.mask, "mask")
+        mask = (mask.fillna(0) != 0).assign_coords(y=mask["y"], x=mask["x"])
+        if mask.shape != (X.sizes["y"], X.sizes["x"]):
+            raise ConfigError(
+                f"{config.path}: covariates.mask has {mask.shape[0]} x {mask.shape[1]} cells but the covariates "
+                f"have {X.sizes['y']} x {X.sizes['x']}; give the mask on the fine grid."
+            )
+    return X, mask
+
+
+def _open_lazy(path, chunks):
+    with warnings.catch_warnings():
+        # Tiles need not match the file's own chunks; dask reads the overlapping ones.
+        warnings.filterwarnings("ignore", message="The specified chunks separate")
+        return xr.open_dataset(path, decode_coords="all", chunks=chunks)
+
+
+def _covariates_at(X, time):
+    """Static covariates as they are; time-varying ones at the nearest time."""
+    if "time" not in X.dims:
+        return X
+    if time is None:
+        raise ValueError("the covariates vary in time but the coarse field has no time coordinate.")
+    return X.sel(time=np.datetime64(time), method="nearest").drop_vars("time")
+
+
+# ==================================================================== writing
+
+
+def _write_atomic(dataset, path, compression=4, attrs=None, chunk=None):
+    """Write ``dataset`` to a temporary file next to ``path``, mark it complete, then rename it into place."""
+    import netCDF4
+
+    path = Path(path)
+    dataset = dataset.copy()
+    dataset.attrs.update(attrs or {})
+    encoding = {}
+    for name, variable in dataset.data_vars.items():
+        spec = {"zlib": compression > 0, "complevel": compression} if compression else {}
+        if chunk is not None and {"y", "x"} <= set(variable.dims):
+            spec["chunksizes"] = tuple(
+                1 if d == "time" else min(variable.sizes[d], chunk) for d in variable.dims
+            )
+        if name == "aoa":
+            spec.update(dtype="int8", _FillValue=-1)
+        elif np.issubdtype(variable.dtype, np.floating):
+            spec["_FillValue"] = np.nan
+        encoding[name] = spec
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(handle)
+    try:
+        dataset.to_netcdf(temporary, engine="netcdf4", encoding=encoding)
+        with netCDF4.Dataset(temporary, "a") as nc:
+            nc.setncattr(COMPLETE_ATTRIBUTE, 1)  # written last: a file without it is not finished
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes private files; outputs get the usual mode
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def is_complete(path, variables, shape, time=None) -> bool:
+    """True when ``path`` is a finished output: readable, the variables, the grid ``shape``, the time, marked complete.
+
+    Examples
+    --------
+    >>> is_complete("no/such/file.nc", ["lst"], (10, 10))
+    False
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with xr.open_dataset(path) as data:
+            if data.attrs.get(COMPLETE_ATTRIBUTE) != 1:
+                return False
+            if any(v not in data.data_vars for v in variables):
+                return False
+            if (data.sizes.get("y"), data.sizes.get("x")) != tuple(shape):
+                return False
+            if time is not None:
+                if "time" not in data.coords or pd.Timestamp(data["time"].values.ravel()[0]) != pd.Timestamp(
+                    time
+                ):
+                    return False
+        return True
+    except Exception:  # noqa: BLE001 - anything unreadable is incomplete
+        return False
+
+
+def _output_names(variable, wanted):
+    names = {"mean": variable, "std": f"{variable}_std", "aoa": "aoa"}
+    return [names[w] for w in wanted]
+
+
+# ===================================================================== the run
+
+
+@contextlib.contextmanager
+def _dask_context(config, scheduler=None, workers=None):
+    """The dask scheduler of the run: a scheduler address, a LocalCluster, or local threads."""
+    import dask
+
+    scheduler = scheduler or config.dask.scheduler
+    workers = workers or config.dask.workers
+    if scheduler is not None or workers is not None:
+        from distributed import Client, LocalCluster
+
+        if scheduler is not None:
+            try:
+                client = Client(scheduler, timeout="10s")
+            except OSError as error:
+                raise ConfigError(
+                    f"Cannot reach the dask scheduler at {scheduler!r} ({error}). Start it (dask scheduler) "
+                    f"or drop --scheduler to run locally."
+                ) from None
+            with client:
+                yield f"dask scheduler {scheduler}"
+            return
+        with (
+            LocalCluster(
+                n_workers=int(workers),
+                threads_per_worker=int(config.dask.threads),
+                processes=bool(config.dask.processes),
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster),
+        ):
+            yield f"dask LocalCluster of {workers} worker(s) x {config.dask.threads} thread(s)"
+        return
+    threads = int(config.dask.threads)
+    if threads == 1:
+        with dask.config.set(scheduler="synchronous"):
+            yield "dask synchronous scheduler (1 thread)"
+    else:
+        with dask.config.set(scheduler="threads", num_workers=threads):
+            yield f"dask threads ({threads})"
+
+
+def _check_writable(directory):
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"The output directory {directory} is not writable ({error.strerror or error}). Choose another "
+            f"'outputs.directory' in the configuration, or fix its permissions."
+        ) from None
+
+
+def _read_step(item, variable):
+    if item.error is not None:
+        raise ValueError(f"cannot read {item.source.name}: {item.error}")
+    with _open_coarse(item.source, variable) as data:
+        field = data[variable]
+        if item.index is not None:
+            field = field.isel(time=item.index)
+        field = field.load()
+    if "time" in field.dims:
+        field = field.squeeze("time", drop=True)
+    if not np.isfinite(field.values).any():
+        raise ValueError(
+            f"{item.source.name}: '{variable}' is NaN everywhere at {item.time}; nothing to downscale."
+        )
+    return field
+
+
+def _process(item, config, X, mask):
+    variable = config.inputs.variable
+    coarse = _read_step(item, variable)
+    coarse = coarse.drop_vars([c for c in coarse.coords if c not in ("y", "x", "spatial_ref")])
+    X_step = _covariates_at(X, item.time)
+    try:
+        grid_module.nesting_factor(coarse, X_step)
+    except ValueError as error:
+        raise ValueError(
+            f"{item.source.name}: the coarse grid does not nest in the covariates' fine grid ({error}). "
+            f"Bring the inputs onto one nested grid first (downscale.align)."
+        ) from None
+    result = downscale_step(
+        coarse.rename(variable),
+        X_step,
+        config.model.parameters,
+        mask=mask,
+        tile=config.outputs.tile,
+        variables=config.outputs.variables,
+    )
+    if item.time is not None:
+        result = result.expand_dims(time=[np.datetime64(item.time, "ns")])
+    attrs = {
+        "Conventions": "CF-1.8",
+        "source": f"{item.source.name}" + (f"[{item.index}]" if item.index is not None else ""),
+        "history": f"{pd.Timestamp.now(tz='UTC'):%Y-%m-%dT%H:%M:%SZ} downscale run {config.path}",
+        "downscale_parameters": repr(dict(config.model.parameters)),
+    }
+    _write_atomic(
+        result,
+        item.output,
+        compression=config.outputs.compression,
+        attrs=attrs,
+        chunk=config.outputs.tile * grid_module.nesting_factor(coarse, X_step),
+    )
+
+
+def _log_handler(directory):
+    handler = logging.FileHandler(Path(directory) / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    return handler
+
+
+def run(config: RunConfig, scheduler=None, workers=None, progress: bool = False) -> list:
+    """Process every time step of ``config``; return one :class:`StepResult` per step.
+
+    Complete outputs are skipped; failures are logged and the run goes on. A
+    ``KeyboardInterrupt`` stops it after removing the temporary file of the
+    step under way (finished files are kept), and is re-raised.
+    """
+    directory = config.outputs.directory
+    _check_writable(directory)
+    for leftover in directory.glob(".*.part"):
+        leftover.unlink(missing_ok=True)
+    handler = _log_handler(directory)
+    logger.addHandler(handler)
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
+    results = []
+    try:
+        items = plan_work(config)
+        logger.info(
+            "run %s: %d time step(s) from %d file(s)", config.path, len(items), len(config.inputs.paths)
+        )
+        with _dask_context(config, scheduler, workers) as where:
+            logger.info("computing with %s", where)
+            X, mask = _covariates_for(config, items)
+            bar = _progress_bar(len(items), progress)
+            try:
+                for item in items:
+                    start = time_module.perf_counter()
+                    try:
+                        names = _output_names(config.inputs.variable, config.outputs.variables)
+                        if is_complete(item.output, names, (X.sizes["y"], X.sizes["x"]), item.time):
+                            result = StepResult(item, "skipped", 0.0, "complete output exists")
+                        else:
+                            _process(item, config, X, mask)
+                            result = StepResult(item, "done", time_module.perf_counter() - start)
+                    except ConfigError:
+                        raise
+                    except Exception as error:  # noqa: BLE001 - one bad step must not stop the others
+                        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+                        result = StepResult(item, "failed", time_module.perf_counter() - start, message)
+                        logger.error("failed %s: %s", _label(item), message)
+                    else:
+                        logger.info("%s %s (%.1f s)", result.status, _label(item), result.seconds)
+                    results.append(result)
+                    bar.update(1)
+            except KeyboardInterrupt:
+                logger.warning(
+                    "interrupted after %d of %d step(s); finished outputs are kept", len(results), len(items)
+                )
+                raise
+            finally:
+                bar.close()
+        if config.validation.stations is not None:
+            _score_stations(config, results)
+    finally:
+        logger.info("summary:\n%s", summary_table(results))
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(previous_level)
+    return results
+
+
+def _covariates_for(config, items):
+    """Open the covariates chunked in tiles of ``outputs.tile`` coarse cells (the factor comes from the inputs)."""
+    X, mask = load_covariates(config, fine_chunk=512)
+    for item in items:
+        if item.error is not None:
+            continue
+        try:
+            with _open_coarse(item.source, config.inputs.variable) as data:
+                factor = grid_module.nesting_factor(data[config.inputs.variable], X)
+        except Exception:  # noqa: BLE001 - the step itself reports it
+            continue
+        X.close()
+        return load_covariates(config, fine_chunk=config.outputs.tile * factor)
+    return X, mask
+
+
+def _label(item):
+    where = item.source.name + (f"[{item.index}]" if item.index is not None else "")
+    return f"{where} -> {item.output.name}"
+
+
+def _progress_bar(total, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", desc="downscale run", disable=not enabled, file=sys.stderr)
+
+
+def summary_table(results) -> str:
+    """A plain-text table: input, time, output, status, seconds, message."""
+    header = ("input", "time", "output", "status", "seconds", "message")
+    rows = [
+        (
+            r.item.source.name + (f"[{r.item.index}]" if r.item.index is not None else ""),
+            ""
+            if r.item.time is None
+            else str(r.item.time.date() if r.item.time == r.item.time.normalize() else r.item.time),
+            r.item.output.name,
+            r.status,
+            f"{r.seconds:.1f}",
+            r.message,
+        )
+        for r in results
+    ]
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    lines.append(f"{counts['done']} done, {counts['skipped']} skipped (complete), {counts['failed']} failed")
+    return "\n".join(lines)
+
+
+def _score_stations(config, results):
+    from .validation.stations import read_stations, station_scores
+
+    paths = [r.item.output for r in results if r.status in ("done", "skipped")]
+    if not paths:
+        return
+    variable = config.inputs.variable
+    try:
+        stations = read_stations(config.validation.stations, crs=config.validation.crs)
+        with xr.open_mfdataset(paths, decode_coords="all", combine="by_coords") as data:
+            field = data[variable].load()
+        scores = station_scores(field, stations, value=config.validation.value_column, ci=False)
+    except Exception as error:  # noqa: BLE001 - scoring is a report, not part of the outputs
+        logger.error("station scores failed: %s", error)
+        return
+    target = config.outputs.directory / "station_scores.csv"
+    scores.to_csv(target)
+    overall = scores.loc["overall"]
+    logger.info(
+        "station scores (%s): rmse %.4g, bias %.4g, kge %.3f over %d pairs",
+        target.name,
+        overall["rmse"],
+        overall["bias"],
+        overall["kge"],
+        int(overall["n"]),
+    )
+
+
+def run_command(config_path, dry_run: bool = False, scheduler=None, workers=None) -> int:
+    """The ``downscale run`` command: 0 when every step is done, 1 when some failed, 2 on a configuration error."""
+    progress = sys.stderr.isatty() and not os.environ.get("CI")
+    try:
+        config = load_config(config_path)
+        if workers is not None and workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}.")
+        if dry_run:
+            return _dry_run(config)
+        results = run(config, scheduler=scheduler, workers=workers, progress=progress)
+    except ConfigError as error:
+        print(f"downscale run: error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(summary_table(results))
+    print(f"Outputs and run.log in {config.outputs.directory}")
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        print(
+            f"{len(failed)} step(s) failed; see the table above and run.log. A rerun redoes only those.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _dry_run(config):
+    items = plan_work(config)
+    print(f"Configuration {config.path} is valid.")
+    print(
+        f"  inputs: {len(config.inputs.paths)} file(s), variable '{config.inputs.variable}', {len(items)} time step(s)"
+    )
+    print(f"  model: {config.model.type} {config.model.parameters}")
+    print(f"  outputs: {config.outputs.directory} ({', '.join(config.outputs.variables)})")
+    names = _output_names(config.inputs.variable, config.outputs.variables)
+    for item in items:
+        if item.error is not None:
+            state = f"unreadable: {item.error}"
+        elif item.output.exists():
+            state = "exists (checked at run time)"
+        else:
+            state = "to do"
+        print(f"  {_label(item)}: {state}")
+    del names
+    return EXIT_OK
