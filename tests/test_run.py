@@ -1,0 +1,314 @@
+"""Tests for operational runs: configuration, tiled = in-memory, resume, faults, dask.distributed."""
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+import downscale as ds
+from downscale.cli import main
+from downscale.run import (
+    COMPLETE_ATTRIBUTE,
+    ConfigError,
+    downscale_step,
+    is_complete,
+    load_config,
+)
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+DAYS = [f"202406{d:02d}" for d in range(1, 7)]
+
+
+def make_config(tmp_path, days=3, **changes):
+    """Copy the example inputs to ``tmp_path`` and write a configuration for the first ``days`` days."""
+    if not (tmp_path / "example").exists():
+        shutil.copytree(DATA / "example", tmp_path / "example")
+    config = yaml.safe_load((DATA / "example.yaml").read_text())
+    config["inputs"]["end"] = f"2024-06-{days:02d}"
+    config["validation"] = {}
+    config["outputs"]["directory"] = "out"
+    for key, value in changes.items():
+        section, name = key.split("__")
+        config.setdefault(section, {})[name] = value
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def read_output(path):
+    with xr.open_dataset(path) as data:
+        return data.load()
+
+
+# ---------------------------------------------------------------- tiled == in memory
+
+
+@pytest.mark.parametrize(
+    "variable, params, tile",
+    [
+        ("lst", dict(trend="linear", calibrate_std=False), 2),
+        ("lst", dict(trend="lightgbm", calibrate_std=False), 4),  # 4 does not divide 6: ragged tiles
+        ("soil_moisture", dict(trend="linear", calibrate_std=False), 3),  # logit transform, two bounds
+        ("precipitation", dict(trend="linear", residual="none", calibrate_std=False), 5),
+    ],
+)
+def test_tiled_step_equals_in_memory_downscaler(variable, params, tile):
+    scene = ds.datasets.synthetic_scene(variable, seed=2, shape=(60, 60), factor=10)
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, tpi_radii=(5000.0,))
+    mask = scene.mask if variable != "precipitation" else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiled = downscale_step(scene.coarse, X, params, mask=mask, tile=tile, variables=["mean", "std"])
+        # Lazy until computed: the fine arrays are dask arrays split in tiles of tile * factor pixels.
+        assert tiled[variable].chunks[0][0] == min(tile * 10, 60)
+        tiled = tiled.compute()
+        model = ds.Downscaler(**params).fit(scene.coarse, X, mask=mask)
+        fine, std = model.predict(X, return_std=True)
+    np.testing.assert_array_equal(np.isnan(tiled[variable].values), np.isnan(fine.values))
+    np.testing.assert_allclose(tiled[variable].values, fine.values, rtol=0, atol=1e-10, equal_nan=True)
+    np.testing.assert_allclose(
+        tiled[f"{variable}_std"].values, std.values, rtol=0, atol=1e-10, equal_nan=True
+    )
+    if params.get("residual", "atpk") == "atpk":
+        back = ds.grid.block_mean(tiled[variable], 10, min_valid=1e-9)
+        cells = np.isfinite(back.values) & np.isfinite(scene.coarse.values)
+        np.testing.assert_allclose(back.values[cells], scene.coarse.values[cells], rtol=1e-9)
+    assert tiled[variable].attrs["units"] == scene.coarse.attrs["units"]
+    assert ds.grid.get_crs(tiled) == ds.grid.get_crs(scene.coarse)
+
+
+def test_tiled_step_uses_dask_backed_covariates_lazily():
+    scene = ds.datasets.synthetic_scene("lst", seed=1, shape=(40, 40), factor=10)
+    X = ds.covariates.build(dem=scene.dem, location=True, features=["elevation", "slope"]).fillna(0.0)
+    lazy = X.chunk({"y": 20, "x": 20})
+    params = dict(trend="linear", calibrate_std=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = downscale_step(scene.coarse, lazy, params, tile=2, variables=["mean", "aoa"])
+        assert all(hasattr(v.data, "dask") for v in out.data_vars.values())
+        expected = ds.Downscaler(**params).fit(scene.coarse, X).predict(X)
+    out = out.compute()
+    np.testing.assert_allclose(out["lst"].values, expected.values, rtol=1e-12, atol=1e-10, equal_nan=True)
+    assert set(np.unique(out["aoa"].values[np.isfinite(out["aoa"].values)])) <= {0.0, 1.0}
+
+
+# ---------------------------------------------------------------------- end to end
+
+
+def test_example_config_runs_end_to_end_and_resumes(tmp_path, capsys):
+    config = make_config(tmp_path, days=6)
+    text = yaml.safe_load(config.read_text())
+    text["validation"] = yaml.safe_load((DATA / "example.yaml").read_text())["validation"]
+    config.write_text(yaml.safe_dump(text))
+    assert main(["run", str(config)]) == 0
+    out = tmp_path / "out"
+    printed = capsys.readouterr().out
+    assert "6 done, 0 skipped (complete), 0 failed" in printed
+    for day in DAYS:
+        assert is_complete(
+            out / f"lst_{day}.nc", ["lst", "lst_std", "aoa"], (120, 120), f"{day[:4]}-{day[4:6]}-{day[6:]}"
+        )
+    assert not list(out.glob(".*.part"))
+    log = (out / "run.log").read_text()
+    assert "done lst_20240603.nc[0] -> lst_20240603.nc" in log and "station scores" in log
+    scores = (out / "station_scores.csv").read_text()
+    assert scores.splitlines()[0].startswith("station,n,rmse")
+
+    # The output equals the in-memory Downscaler on the same step and covariates.
+    result = read_output(out / "lst_20240603.nc")
+    coarse = xr.open_dataset(tmp_path / "example" / "coarse" / "lst_20240603.nc", decode_coords="all")["lst"]
+    coarse = coarse.isel(time=0, drop=True).load()
+    X = xr.open_dataset(out / "covariates.nc", decode_coords="all").load()
+    land = xr.open_dataarray(tmp_path / "example" / "land.tif", engine="rasterio").squeeze("band", drop=True)
+    mask = land.astype(bool).assign_coords(y=X["y"], x=X["x"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ds.Downscaler(trend="linear", residual="atpk").fit(coarse.astype(float), X, mask=mask)
+        fine, std = model.predict(X, return_std=True)
+    np.testing.assert_allclose(result["lst"].values[0], fine.values, rtol=1e-12, atol=1e-10, equal_nan=True)
+    np.testing.assert_allclose(
+        result["lst_std"].values[0], std.values, rtol=1e-12, atol=1e-10, equal_nan=True
+    )
+    assert result.attrs[COMPLETE_ATTRIBUTE] == 1
+    assert ds.grid.get_crs(result).to_epsg() == 32632
+
+    # A rerun checks the files and skips them all.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("lst_*.nc")}
+    assert main(["run", str(config)]) == 0
+    assert "0 done, 6 skipped (complete), 0 failed" in capsys.readouterr().out
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("lst_*.nc")}
+
+
+def test_local_cluster_gives_the_synchronous_output(tmp_path):
+    sync = make_config(tmp_path / "a", days=2)
+    assert main(["run", str(sync)]) == 0
+    cluster = make_config(tmp_path / "b", days=2, dask__threads=1, dask__workers=2)
+    assert main(["run", str(cluster)]) == 0
+    log = (tmp_path / "b" / "out" / "run.log").read_text()
+    assert "LocalCluster of 2 worker(s)" in log
+    for day in DAYS[:2]:
+        a = read_output(tmp_path / "a" / "out" / f"lst_{day}.nc")
+        b = read_output(tmp_path / "b" / "out" / f"lst_{day}.nc")
+        for name in ("lst", "lst_std", "aoa"):
+            np.testing.assert_array_equal(a[name].values, b[name].values)
+
+
+# ------------------------------------------------------------------------- faults
+
+
+def test_corrupt_and_all_nan_inputs_are_reported_and_skipped(tmp_path, capsys):
+    config = make_config(tmp_path, days=4)
+    coarse = tmp_path / "example" / "coarse"
+    (coarse / "lst_20240602.nc").write_bytes(b"this is not a netCDF file")
+    with xr.open_dataset(coarse / "lst_20240603.nc") as data:
+        empty = (data.load() * np.nan).astype(np.float32)
+    empty.to_netcdf(coarse / "lst_20240603.nc")
+    assert main(["run", str(config)]) == 1
+    captured = capsys.readouterr()
+    assert "2 done, 0 skipped (complete), 2 failed" in captured.out
+    assert "lst_20240602.nc" in captured.out and "failed" in captured.out
+    assert "NaN everywhere" in captured.out
+    assert "2 step(s) failed" in captured.err
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("lst_*.nc")) == ["lst_20240601.nc", "lst_20240604.nc"]
+    log = (out / "run.log").read_text()
+    assert "failed lst_20240602.nc" in log and "failed lst_20240603.nc" in log
+
+    # Fixed inputs: the rerun does only the two that failed.
+    shutil.copy(DATA / "example" / "coarse" / "lst_20240602.nc", coarse)
+    shutil.copy(DATA / "example" / "coarse" / "lst_20240603.nc", coarse)
+    assert main(["run", str(config)]) == 0
+    assert "2 done, 2 skipped (complete), 0 failed" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_without_redoing_finished_steps(tmp_path, monkeypatch, capsys):
+    config = make_config(tmp_path, days=4)
+    original = xr.Dataset.to_netcdf
+    writes = []
+
+    def killed_on_third_output(self, path=None, *args, **kwargs):
+        result = original(self, path, *args, **kwargs)
+        if Path(str(path)).name.startswith(".lst_"):
+            writes.append(path)
+            if len(writes) == 3:
+                assert Path(path).exists()  # the half-written temporary file is on disk...
+                raise KeyboardInterrupt  # ...when Ctrl-C arrives
+
+        return result
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", killed_on_third_output)
+    assert main(["run", str(config)]) == 130
+    assert "Interrupted" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("lst_*.nc")) == ["lst_20240601.nc", "lst_20240602.nc"]
+    assert not list(out.glob(".*.part"))  # no half file
+    assert "interrupted after 2 of 4 step(s)" in (out / "run.log").read_text()
+    monkeypatch.undo()
+
+    # A partial output left by some other writer (no completion mark) and a truncated one are redone.
+    first = read_output(out / "lst_20240601.nc")
+    partial = first.copy()
+    partial.attrs.pop(COMPLETE_ATTRIBUTE)
+    partial.to_netcdf(out / "lst_20240603.nc")
+    (out / "lst_20240604.nc").write_bytes((out / "lst_20240601.nc").read_bytes()[:5000])
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("lst_2024060[12].nc")}
+    assert main(["run", str(config)]) == 0
+    assert "2 done, 2 skipped (complete), 0 failed" in capsys.readouterr().out
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("lst_2024060[12].nc")}
+    for day in DAYS[:4]:
+        assert is_complete(out / f"lst_{day}.nc", ["lst"], (120, 120))
+
+
+def test_output_directory_that_is_not_writable(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    config = make_config(tmp_path, outputs__directory=str(blocker / "out"))
+    assert main(["run", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "output directory" in err and "is not writable" in err and "outputs.directory" in err
+
+
+def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, capsys):
+    config = make_config(tmp_path, days=3)
+    assert main(["run", str(config), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 time step(s)" in printed and "lst_20240603.nc[0] -> lst_20240603.nc: to do" in printed
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (
+            lambda c: c["outputs"].update(compresion=4),
+            r"unknown key 'outputs.compresion'. Did you mean 'compression'\?",
+        ),
+        (lambda c: c.update(ouputs=c.pop("outputs")), r"unknown key 'ouputs'. Did you mean 'outputs'\?"),
+        (
+            lambda c: c["model"]["parameters"].update(trnd="rf"),
+            r"'model.parameters.trnd'. Did you mean 'trend'\?",
+        ),
+        (
+            lambda c: c["outputs"].update(compression="high"),
+            r"'outputs.compression' must be a whole number, got 'high'",
+        ),
+        (
+            lambda c: c["covariates"].update(dem="missing.tif"),
+            r"'covariates.dem' names 'missing.tif', which does not exist",
+        ),
+        (lambda c: c["inputs"].update(files="nowhere/*.nc"), r"'inputs.files' matches no file"),
+        (lambda c: c["inputs"].pop("variable"), r"missing key 'inputs.variable'"),
+        (lambda c: c.pop("covariates"), r"missing section 'covariates'"),
+        (lambda c: c["outputs"].update(variables=["mean", "sdt"]), r"Did you mean 'std'\?"),
+        (lambda c: c["model"]["parameters"].update(trend="forest"), r"trend must be one of"),
+        (lambda c: c["inputs"].update(start="yesterday-ish"), r"'inputs.start' must be a date"),
+    ],
+)
+def test_config_errors_name_the_key_and_the_fix(tmp_path, capsys, edit, match):
+    path = make_config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+    assert main(["run", str(path)]) == 2
+    assert "downscale run: error:" in capsys.readouterr().err
+
+
+def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    path = make_config(tmp_path)
+    monkeypatch.chdir(Path("/"))
+    config = load_config(path)
+    assert config.outputs.directory == tmp_path.resolve() / "out"
+    assert config.covariates.dem == tmp_path.resolve() / "example" / "dem.tif"
+    assert [p.name for p in config.inputs.paths] == [f"lst_{d}.nc" for d in DAYS]
+    assert config.model.parameters == {"trend": "linear", "residual": "atpk"}
+    assert config.outputs.variables == ["mean", "std", "aoa"]
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "No such configuration file" in capsys.readouterr().err
+
+
+def test_is_complete_checks_variables_grid_time_and_mark(tmp_path):
+    g = ds.grid.make_grid((4, 5), 1.0)
+    data = xr.Dataset(
+        {"lst": (("time", "y", "x"), np.ones((1, 4, 5)))},
+        coords={**g.coords, "time": [np.datetime64("2024-06-01", "ns")]},
+    )
+    path = tmp_path / "a.nc"
+    data.assign_attrs({COMPLETE_ATTRIBUTE: 1}).to_netcdf(path)
+    assert is_complete(path, ["lst"], (4, 5), "2024-06-01")
+    assert not is_complete(path, ["lst", "lst_std"], (4, 5))
+    assert not is_complete(path, ["lst"], (4, 6))
+    assert not is_complete(path, ["lst"], (4, 5), "2024-06-02")
+    data.to_netcdf(path)
+    assert not is_complete(path, ["lst"], (4, 5))
