@@ -8,7 +8,6 @@ import xarray as xr
 
 import downscale as ds
 from downscale import align
-from downscale.grid import EARTH_RADIUS
 
 UTM = "EPSG:32632"
 
