@@ -765,6 +765,11 @@ def downscale_step(coarse, X, parameters=None, mask=None, tile: int = 32, variab
     >>> bool(np.allclose(tiled["lst"], memory, rtol=0, atol=1e-10, equal_nan=True))
     True
     """
+    return _step_tiles(coarse, X, parameters, mask, tile, variables)[0]
+
+
+def _step_tiles(coarse, X, parameters, mask, tile, variables):
+    """The lazy result of :func:`downscale_step` and its tile tasks ``[(fine rows, fine cols, delayed)]``."""
     import dask
     import dask.array as da
 
@@ -806,6 +811,7 @@ def downscale_step(coarse, X, parameters=None, mask=None, tile: int = 32, variab
     train = getattr(model, "train_rows_", None)
 
     rows_out = []
+    tasks = []
     for ys, fy in _tile_slices(cy, tile, factor):
         row = []
         for xs, fx in _tile_slices(cx, tile, factor):
@@ -825,6 +831,7 @@ def downscale_step(coarse, X, parameters=None, mask=None, tile: int = 32, variab
                 s,
             )
             shape = (len(wanted), fy.stop - fy.start, fx.stop - fx.start)
+            tasks.append((fy, fx, task))
             row.append(da.from_delayed(task, shape=shape, dtype=np.float64))
         rows_out.append(row)
     stacked = da.block(rows_out).rechunk({0: 1})
@@ -862,7 +869,7 @@ def downscale_step(coarse, X, parameters=None, mask=None, tile: int = 32, variab
         for variable in out.data_vars.values():
             variable.attrs["grid_mapping"] = "spatial_ref"
     out.attrs["downscale_trend_variance"] = float(model.trend_variance_[0])
-    return out
+    return out, tasks
 
 
 def _bilinear_tiled(coarse_values, factor, tile):
@@ -1011,12 +1018,25 @@ def _covariates_at(X, time):
 # ==================================================================== writing
 
 
-def _write_atomic(dataset, path, compression=4, attrs=None, chunk=None):
-    """Write ``dataset`` to a temporary file next to ``path``, mark it complete, then rename it into place."""
+def _write_atomic(dataset, path, compression=4, attrs=None, chunk=None, tiles=None):
+    """Write ``dataset`` to a temporary file next to ``path``, mark it complete, then rename it into place.
+
+    With ``tiles`` (``[(rows, cols, delayed)]``, each delayed giving ``(n_variables, rows, cols)`` in
+    the order of the data variables), the file is laid out first and the tiles are computed a few
+    at a time and written as they arrive: only the tiles in flight are in memory.
+    """
     import netCDF4
 
     path = Path(path)
     dataset = dataset.copy()
+    if tiles is not None:
+        import dask.array as da
+
+        names = list(dataset.data_vars)
+        for name in names:
+            variable = dataset[name]
+            empty = da.full(variable.shape, np.nan, chunks=chunk or -1, dtype=np.float64)
+            dataset[name] = variable.copy(data=empty)
     dataset.attrs.update(attrs or {})
     encoding = {}
     for name, variable in dataset.data_vars.items():
@@ -1034,6 +1054,8 @@ def _write_atomic(dataset, path, compression=4, attrs=None, chunk=None):
     os.close(handle)
     try:
         dataset.to_netcdf(temporary, engine="netcdf4", encoding=encoding)
+        if tiles is not None:
+            _fill_tiles(temporary, names, ["time" in dataset[n].dims for n in names], tiles)
         with netCDF4.Dataset(temporary, "a") as nc:
             nc.setncattr(COMPLETE_ATTRIBUTE, 1)  # written last: a file without it is not finished
         umask = os.umask(0)
@@ -1044,6 +1066,44 @@ def _write_atomic(dataset, path, compression=4, attrs=None, chunk=None):
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def _in_flight():
+    """How many tiles to compute at once: two per worker thread of the active scheduler."""
+    import dask
+
+    try:
+        from distributed import get_client
+
+        client = get_client()
+        return max(2, 2 * sum(client.nthreads().values()))
+    except (ImportError, ValueError):
+        pass
+    if dask.config.get("scheduler", None) == "synchronous":
+        return 1
+    return max(2, 2 * int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+
+
+def _fill_tiles(path, names, has_time, tiles):
+    import dask
+    import netCDF4
+
+    batch = _in_flight()
+    with netCDF4.Dataset(path, "a") as nc:
+        for start in range(0, len(tiles), batch):
+            part = tiles[start : start + batch]
+            values = dask.compute(*[task for _, _, task in part])
+            for (rows, cols, _), tile in zip(part, values, strict=True):
+                for i, name in enumerate(names):
+                    target = nc[name]
+                    data = tile[i]
+                    if np.issubdtype(target.dtype, np.integer):
+                        data = np.where(np.isfinite(data), data, target._FillValue).astype(target.dtype)
+                    if has_time[i]:
+                        target[0, rows, cols] = data
+                    else:
+                        target[rows, cols] = data
+            del values
 
 
 def is_complete(path, variables, shape, time=None) -> bool:
@@ -1166,7 +1226,7 @@ def _process(item, config, X, mask):
             f"{item.source.name}: the coarse grid does not nest in the covariates' fine grid ({error}). "
             f"Bring the inputs onto one nested grid first (downscale.align)."
         ) from None
-    result = downscale_step(
+    result, tasks = _step_tiles(
         coarse.rename(variable),
         X_step,
         config.model.parameters,
@@ -1188,6 +1248,7 @@ def _process(item, config, X, mask):
         compression=config.outputs.compression,
         attrs=attrs,
         chunk=config.outputs.tile * grid_module.nesting_factor(coarse, X_step),
+        tiles=tasks,
     )
 
 
