@@ -10,10 +10,12 @@
 
 from . import aoa, metrics, spectrum, splitters, stations  # noqa: F401
 from .aoa import area_of_applicability, dissimilarity_index  # noqa: F401
+from .crossval import CrossValidationResult, cross_validate  # noqa: F401
 from .metrics import bias, bootstrap_ci, gdown, kge, mae, nse, pearson_r, rmse, ubrmse  # noqa: F401
 from .spectrum import effective_resolution, radial_power_spectrum, spectrum_comparison  # noqa: F401
 from .splitters import BufferedLeaveOneOut, KNNDMKFold, SpatialBlockKFold  # noqa: F401
 from .stations import extract_at_points, match_times, read_stations, station_scores  # noqa: F401
+from .wald import WaldResult, wald_score  # noqa: F401
 
 # Later modules (cross_validate, wald) are added with one import line each above,
 # e.g. `from .crossval import cross_validate` with the same F401 marker;
