@@ -186,7 +186,10 @@ def test_cross_crs_mean_and_blocks_match_a_geopandas_overlay(utm_fine, lonlat_so
     covered = fraction.values * 25_000.0**2
     ok = np.isfinite(out.values)
     remapped_mean = np.sum(covered[ok] * out.values[ok]) / np.sum(covered[ok])
-    source_mean = pieces["weighted"].sum() / pieces["area"].sum()
+    # Source side, without the blocks: the cells clipped to the fine grid's extent as one rectangle.
+    extent = gpd.GeoDataFrame(geometry=[shapely.box(300_000, 4_800_000, 800_000, 5_300_000)], crs=UTM)
+    clipped = gpd.overlay(cells, extent, how="intersection", keep_geom_type=True)
+    source_mean = np.sum(clipped.area * clipped["value"]) / np.sum(clipped.area)
     assert abs(remapped_mean / source_mean - 1) < 1e-9
     assert fraction.values.min() < 0.9  # the cloud really thinned some blocks
 
