@@ -337,6 +337,8 @@ class Downscaler(BaseEstimator):
             self.trend_models_.append(model.fit(rows, target))
 
         trend_fine = self._trend_fine(features, nt)  # (nt, ny, nx), NaN where a covariate is NaN
+        # predict(X) on the very covariates of fit reuses this trend (the fine trend is the costly part).
+        self._trend_cache = (_fingerprint(features), trend_fine)
         template = self._fine_template(X, coarse)
         trend_block = grid_module.block_mean(template.copy(data=trend_fine.reshape(template.shape)), factor, min_valid=1e-9)
         residual = z_coarse.reshape(coarse.shape) - trend_block.values
@@ -489,7 +491,55 @@ class Downscaler(BaseEstimator):
         return result
 
     def _wald_scale(self, coarse, features_coarse, X):
-        return 1.0
+        """Conformal scale of the std by the Wald protocol: downscale the 2 x 2 aggregate back to ``coarse``."""
+        cy, cx = coarse.shape[-2:]
+        ny, nx = cy // 2 * 2, cx // 2 * 2
+        if ny < 2 * 4 or nx < 2 * 4:
+            warnings.warn(
+                f"The coarse grid ({cy} x {cx}) is too small to calibrate the standard deviation; "
+                f"std_scale_ is left at 1.",
+                stacklevel=3,
+            )
+            return 1.0
+        level = self.coarse_.isel(y=slice(0, ny), x=slice(0, nx))
+        grid = level.isel(time=0, drop=True) if "time" in level.dims else level
+        covariates = {}
+        for k, name in enumerate(self.feature_names_):
+            values = features_coarse[:, k, :ny, :nx]
+            if values.shape[0] == 1:
+                covariates[name] = (("y", "x"), values[0])
+            else:
+                covariates[name] = (("time", "y", "x"), values)
+        coords = {"y": grid["y"].values, "x": grid["x"].values}
+        if "time" in level.dims:
+            coords["time"] = level["time"].values
+        X_level = xr.Dataset(covariates, coords=coords)
+        crs = grid_module.get_crs(coarse)
+        if crs is not None:
+            X_level = grid_module.set_crs(X_level, crs)
+            level = grid_module.set_crs(level.drop_vars("spatial_ref", errors="ignore"), crs)
+        upper = grid_module.block_mean(level, 2, min_valid=1e-9)
+        # Cells with data at the coarse level define where the calibration is scored.
+        valid = np.isfinite(level.values)
+        level_mask = xr.DataArray(
+            valid.any(axis=0) if valid.ndim == 3 else valid, dims=("y", "x"), coords={"y": coords["y"], "x": coords["x"]}
+        )
+        helper = Downscaler(**{**self.get_params(deep=False), "calibrate_std": False})
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                helper.fit(upper, X_level, mask=level_mask)
+                prediction, std = helper.predict(X_level, return_std=True)
+        except ValueError as error:
+            warnings.warn(f"The standard deviation could not be calibrated ({error}); std_scale_ is 1.", stacklevel=3)
+            return 1.0
+        error = np.abs(prediction.values - level.values)
+        ratio = (error / np.where(std.values > 0, std.values, np.nan))[valid & np.isfinite(error)]
+        ratio = ratio[np.isfinite(ratio)]
+        if ratio.size < 10:
+            return 1.0
+        self.calibration_ratio_ = ratio
+        return float(np.quantile(ratio, CALIBRATION_COVERAGE) / _Z90)
 
     # -------------------------------------------------------------- predict
 
@@ -536,7 +586,11 @@ class Downscaler(BaseEstimator):
         features = self._feature_stack(X, nt)
         if fine_mask is not None:
             features = np.where(fine_mask, features, np.nan)
-        trend = self._trend_fine(features, nt)
+        cache = getattr(self, "_trend_cache", None)
+        if cache is not None and cache[0] == _fingerprint(features):
+            trend = cache[1]
+        else:
+            trend = self._trend_fine(features, nt)
         template = self._fine_template(X, coarse)
         valid_pixels = np.isfinite(trend)
 
@@ -644,6 +698,12 @@ class Downscaler(BaseEstimator):
         residual = ((truth[ok] - back[ok]) ** 2).sum()
         total = ((truth[ok] - truth[ok].mean()) ** 2).sum()
         return float(1 - residual / total) if total > 0 else float(residual == 0)
+
+
+def _fingerprint(features):
+    """A cheap identity of a feature stack: its shape and a strided sample of its values."""
+    sample = np.ascontiguousarray(features[..., ::7, ::5])
+    return (features.shape, hash(sample.tobytes()))
 
 
 def _fill_nearest(values):

@@ -227,3 +227,16 @@ def test_models_import_without_torch():
 
     assert "UNetDownscaler" in models.__all__
     assert callable(models.make_trend)
+
+
+def test_wald_calibration_scales_the_std(scenes):
+    scene, X = scenes["precipitation"]
+    raw = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X)
+    calibrated = Downscaler(trend="linear").fit(scene.coarse, X)
+    assert calibrated.std_scale_ > 0 and calibrated.std_scale_ != 1.0
+    _, std_raw = raw.predict(X, return_std=True)
+    _, std_cal = calibrated.predict(X, return_std=True)
+    np.testing.assert_allclose(std_cal.values, calibrated.std_scale_ * std_raw.values, rtol=1e-9)
+    # by construction, 90 % of the one-level-up errors fall within 1.645 calibrated std
+    ratio = calibrated.calibration_ratio_ / calibrated.std_scale_
+    assert np.mean(ratio <= 1.6448536269514722) == pytest.approx(0.9, abs=0.03)
