@@ -29,7 +29,7 @@ import xarray as xr
 
 from . import grid as grid_module
 
-__all__ = ["match_times", "to_nested"]
+__all__ = ["cell_polygons", "match_times", "to_nested"]
 
 #: Points per source cell edge when cell outlines are transformed to another CRS.
 DENSIFY = 8

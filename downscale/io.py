@@ -359,6 +359,12 @@ def read_netcdf(
         contradicts ``crs``, unsorted or irregular coordinates, missing
         variable (listing the available ones), missing spatial dimensions.
 
+    Warns
+    -----
+    UserWarning
+        When a grid variable is NaN everywhere (often a fill-value problem;
+        a warning, not an error, since a fully clouded scene is legitimate).
+
     Examples
     --------
     >>> import tempfile, pathlib, numpy as np, xarray as xr
@@ -454,6 +460,16 @@ def read_netcdf(
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 
+    if not chunks:
+        for name, da in data.data_vars.items():
+            if {"y", "x"} <= set(da.dims) and da.dtype.kind == "f" and bool(da.isnull().all()):
+                import warnings
+
+                warnings.warn(
+                    f"{path}: '{name}' is NaN everywhere. If that is unexpected, check its _FillValue, "
+                    f"valid_range and scale_factor attributes.",
+                    stacklevel=2,
+                )
     if variable is None:
         grid_variables = [name for name in data.data_vars if {"y", "x"} <= set(data[name].dims)]
         if len(grid_variables) == 1:

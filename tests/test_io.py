@@ -273,3 +273,10 @@ def test_cf_attributes_aliases_std_and_unknown():
     }
     assert io.cf_attributes("soil_moisture")["units"] == "m3 m-3"
     assert io.cf_attributes("banana") == {} and io.cf_attributes(None) == {}
+
+
+def test_nan_only_variable_warns_on_reading(tmp_path, scene):
+    path = io.write_netcdf(scene.coarse * np.nan, tmp_path / "empty.nc")
+    with pytest.warns(UserWarning, match=r"empty.nc: 'soil_moisture' is NaN everywhere.*_FillValue"):
+        back = io.read_netcdf(path)
+    assert np.isnan(back.values).all()
