@@ -127,7 +127,7 @@ def is_geographic(obj) -> bool:
 # ------------------------------------------------------------------ coordinates
 
 
-def grid_step(coord, name: str = "coordinate") -> float:
+def grid_step(coord, name: str = "coordinate", axis: str | None = None) -> float:
     """Return the signed step of a regular 1-D coordinate.
 
     Coordinates count as regular when every step is within 1 % of the mean
@@ -159,7 +159,7 @@ def grid_step(coord, name: str = "coordinate") -> float:
     if mean_step == 0 or not (np.all(steps > 0) or np.all(steps < 0)):
         raise ValueError(
             f"The {name} coordinate is not sorted (it is not strictly increasing or decreasing). "
-            f"Sort it first, e.g. `data.sortby('{name}')`."
+            f"Sort it first, e.g. `data.sortby('{axis or name}')`."
         )
     worst = np.max(np.abs(steps - mean_step)) / abs(mean_step)
     if worst > REGULAR_TOLERANCE:
@@ -216,7 +216,7 @@ def check_grid(obj, require_crs: bool = False, name: str = "data"):
                 f"{name} has no '{axis}' coordinate; a grid needs cell-centre coordinates. "
                 f"Assign them, e.g. `{name}.assign_coords({axis}=...)`."
             )
-        grid_step(obj[axis].values, name=f"{name} '{axis}'")
+        grid_step(obj[axis].values, name=f"{name} '{axis}'", axis=axis)
     if require_crs and get_crs(obj) is None:
         raise ValueError(
             f"{name} has no CRS. Declare it, e.g. `downscale.grid.set_crs({name}, 'EPSG:32632')` "

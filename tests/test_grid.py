@@ -89,6 +89,8 @@ def test_check_grid_errors():
         grid.check_grid(xr.DataArray(np.zeros((2, 3)), dims=("y", "x"), coords={"y": [0, 1], "x": [0, 1, 3]}))
     with pytest.raises(ValueError, match="not sorted"):
         grid.check_grid(xr.DataArray(np.zeros((2, 3)), dims=("y", "x"), coords={"y": [0, 1], "x": [0, 2, 1]}))
+    with pytest.raises(ValueError, match=r"e.g. `data.sortby\('x'\)`"):
+        grid.check_grid(xr.DataArray(np.zeros((2, 3)), dims=("y", "x"), coords={"y": [0, 1], "x": [0, 2, 1]}))
     with pytest.raises(ValueError, match="has no CRS"):
         grid.check_grid(grid.make_grid((2, 2), 1.0), require_crs=True)
     with pytest.raises(ValueError, match=r"last two dimensions"):
