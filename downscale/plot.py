@@ -218,3 +218,223 @@ def save_figure(fig, path, dpi=110):
             os.remove(temporary)
         plt.close(fig)
     return path
+
+
+def plot_cv_scores(results, metric: str = "rmse", *, units: str = "", title=None):
+    """Bar chart of a cross-validation score per fold, with the pooled score as a line, for one or more CVs.
+
+    Parameters
+    ----------
+    results : CrossValidationResult or dict of str to CrossValidationResult
+        From :func:`downscale.validation.cross_validate`; several labelled ones (e.g. spatial and
+        random folds) are drawn side by side.
+    metric : str
+        A column of ``fold_scores`` (``rmse``, ``mae``, ``bias``, ``r``, ``kge``, ...).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from types import SimpleNamespace
+    >>> cv = SimpleNamespace(fold_scores=pd.DataFrame({"rmse": [1.0, 2.0]}), scores=pd.Series({"rmse": 1.6}))
+    >>> fig = plot_cv_scores({"spatial": cv}, units="K")
+    >>> fig.axes[0].get_ylabel()
+    'rmse [K]'
+    """
+    import matplotlib.pyplot as plt
+
+    series = results if isinstance(results, dict) else {"cross-validation": results}
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    width = 0.8 / max(len(series), 1)
+    for index, (label, result) in enumerate(series.items()):
+        values = np.asarray(result.fold_scores[metric], dtype=float)
+        positions = np.arange(values.size) + (index - (len(series) - 1) / 2) * width
+        bars = ax.bar(positions, values, width=width, alpha=0.8, label=f"{label}: folds")
+        pooled = float(result.scores[metric])
+        ax.axhline(
+            pooled,
+            color=bars.patches[0].get_facecolor(),
+            linestyle="--",
+            linewidth=1.2,
+            label=f"{label}: all folds {pooled:.3g}",
+        )
+    n_folds = max(len(r.fold_scores) for r in series.values())
+    ax.set_xticks(np.arange(n_folds))
+    ax.set_xticklabels([str(i) for i in range(n_folds)])
+    ax.set_xlabel("fold")
+    ax.set_ylabel(f"{metric} [{units}]" if units else metric)
+    ax.set_title(title or f"Cross-validation {metric} at the coarse scale")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_shap_summary(explained, kind: str = "beeswarm", max_features: int = 12, *, title=None):
+    """SHAP summary of the trend: mean |SHAP| bars, or a beeswarm coloured by the covariate's value.
+
+    Parameters
+    ----------
+    explained : downscale.explain.ShapValues
+    kind : {"beeswarm", "bar"}
+    max_features : int
+        The most important covariates shown, largest at the top.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from downscale.explain import ShapValues
+    >>> data = pd.DataFrame({"elevation": np.arange(5.0), "ndvi": np.ones(5)})
+    >>> fig = plot_shap_summary(ShapValues(values=-2 * data, data=data, base_value=300.0), kind="bar")
+    >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    ['ndvi', 'elevation']
+    """
+    import matplotlib.pyplot as plt
+
+    if kind not in ("beeswarm", "bar"):
+        raise ValueError(f"kind must be 'beeswarm' or 'bar', got {kind!r}.")
+    magnitude = explained.values.abs().mean().sort_values(ascending=False)
+    names = list(magnitude.index[:max_features])[::-1]  # largest at the top
+    fig, ax = plt.subplots(figsize=(6, 0.9 + 0.35 * len(names)))
+    space = (
+        f" ({explained.space} space)"
+        if getattr(explained, "space", "none") not in ("none", "identity")
+        else ""
+    )
+    if kind == "bar":
+        ax.barh(np.arange(len(names)), magnitude[names].to_numpy(), color="tab:blue")
+        ax.set_xlabel(f"mean |SHAP value|{space}")
+    else:
+        rng = np.random.default_rng(0)
+        for row, name in enumerate(names):
+            shap_column = explained.values[name].to_numpy()
+            feature = explained.data[name].to_numpy(dtype=float)
+            low, high = np.nanpercentile(feature, [5, 95]) if np.isfinite(feature).any() else (0.0, 1.0)
+            colour = (
+                np.clip((feature - low) / (high - low), 0, 1) if high > low else np.full(feature.size, 0.5)
+            )
+            jitter = rng.uniform(-0.3, 0.3, shap_column.size)
+            points = ax.scatter(
+                shap_column, row + jitter, c=colour, cmap="coolwarm", s=4, vmin=0, vmax=1, rasterized=True
+            )
+        colour_bar = fig.colorbar(points, ax=ax, ticks=[0, 1], aspect=30)
+        colour_bar.ax.set_yticklabels(["low", "high"])
+        colour_bar.set_label("covariate value")
+        ax.axvline(0.0, color="grey", linewidth=0.8)
+        ax.set_xlabel(f"SHAP value (contribution to the trend){space}")
+    ax.set_yticks(np.arange(len(names)))
+    ax.set_yticklabels(names)
+    ax.set_title(title or "Covariate importance of the trend (SHAP)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_shap_dependence(explained, feature: str, color_by=None, *, title=None):
+    """SHAP dependence plot: a covariate's value against its contribution, optionally coloured by another.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from downscale.explain import ShapValues
+    >>> data = pd.DataFrame({"elevation": np.arange(5.0), "ndvi": np.ones(5)})
+    >>> fig = plot_shap_dependence(ShapValues(values=-2 * data, data=data, base_value=0.0), "elevation")
+    >>> fig.axes[0].get_xlabel()
+    'elevation'
+    """
+    import matplotlib.pyplot as plt
+
+    if feature not in explained.values.columns:
+        raise ValueError(f"No covariate {feature!r}; the SHAP values have {list(explained.values.columns)}.")
+    fig, ax = plt.subplots(figsize=(5, 4))
+    x = explained.data[feature].to_numpy(dtype=float)
+    y = explained.values[feature].to_numpy(dtype=float)
+    if color_by is not None:
+        if color_by not in explained.data.columns:
+            raise ValueError(
+                f"No covariate {color_by!r} to colour by; they are {list(explained.data.columns)}."
+            )
+        points = ax.scatter(x, y, c=explained.data[color_by].to_numpy(dtype=float), cmap="coolwarm", s=6)
+        fig.colorbar(points, ax=ax, label=color_by)
+    else:
+        ax.scatter(x, y, s=6, alpha=0.6)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel(feature)
+    ax.set_ylabel(f"SHAP value of {feature}")
+    ax.set_title(title or f"SHAP dependence: {feature}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_aoa(dissimilarity, inside=None, *, stations=None, title="Area of applicability"):
+    """Map of the dissimilarity index with the outside of the area of applicability hatched (or an AOA mask).
+
+    Parameters
+    ----------
+    dissimilarity : xarray.DataArray
+        Dissimilarity index (or, alone, a 0/1 AOA mask) on a grid.
+    inside : xarray.DataArray of bool, optional
+        The AOA mask; pixels outside are overlaid in grey.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import downscale as ds
+    >>> g = ds.grid.make_grid((4, 4), 1000.0)
+    >>> di = xr.DataArray(np.arange(16.0).reshape(4, 4) / 8, dims=("y", "x"), coords=g.coords)
+    >>> fig = plot_aoa(di, di < 1)
+    >>> fig.axes[0].get_title()
+    'Area of applicability'
+    """
+    import matplotlib.pyplot as plt
+
+    da = _first_step(dissimilarity)
+    x, y, xlabel, ylabel = _axis_scale(da)
+    extent = _extent(x, y)
+    origin = "upper" if y[0] > y[-1] else "lower"
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    image = ax.imshow(
+        np.asarray(da.transpose("y", "x").values, dtype=float),
+        extent=extent,
+        origin=origin,
+        cmap="magma_r",
+        interpolation="nearest",
+    )
+    fig.colorbar(image, ax=ax, shrink=0.8, label=label_of(da, "dissimilarity index"))
+    if inside is not None:
+        outside = ~np.asarray(_first_step(inside).transpose("y", "x").values, dtype=bool)
+        overlay = np.where(outside, 1.0, np.nan)
+        ax.imshow(
+            overlay,
+            extent=extent,
+            origin=origin,
+            cmap="Greys",
+            vmin=0,
+            vmax=1.5,
+            alpha=0.55,
+            interpolation="nearest",
+        )
+        ax.text(
+            0.01,
+            0.01,
+            f"grey: outside ({outside.mean():.0%} of pixels)",
+            transform=ax.transAxes,
+            fontsize=8,
+            va="bottom",
+        )
+    if stations is not None and len(stations):
+        scale = 1.0 if grid_module.is_geographic(da) else 1000.0
+        ax.plot(stations.geometry.x / scale, stations.geometry.y / scale, "c.", markersize=3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["plot_aoa", "plot_cv_scores", "plot_shap_dependence", "plot_shap_summary"]
