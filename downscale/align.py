@@ -553,8 +553,11 @@ def match_times(a, b, tolerance="12h", how: str = "nearest"):
 
     Parameters
     ----------
-    a, b : xarray.DataArray or xarray.Dataset
-        Objects with a ``time`` dimension (numpy or cftime dates).
+    a : xarray.DataArray or xarray.Dataset
+        Object with a ``time`` dimension (numpy or cftime dates).
+    b : xarray.DataArray, xarray.Dataset, pandas.DataFrame or geopandas.GeoDataFrame
+        Object with a ``time`` dimension, or a table of station records with a
+        ``time`` column (many rows may share a time step).
     tolerance : str or pandas.Timedelta, default "12h"
         Largest time difference of a pair (``how="nearest"``).
     how : {"nearest", "daily"}
@@ -568,6 +571,14 @@ def match_times(a, b, tolerance="12h", how: str = "nearest"):
     a_matched, b_matched
         Both with the time coordinate of ``a_matched`` (``how="nearest"``) or
         the dates at midnight (``how="daily"``), in increasing order.
+        When ``b`` is a table, ``b_matched`` holds its rows that match a step
+        of ``a`` (each record matched to its nearest step of ``a``; a step may
+        take many records) with that step in a column ``matched_time``, and
+        ``a_matched`` the steps that got at least one record. With
+        ``how="daily"`` the records are first averaged per station and day:
+        float columns are averaged (count in ``n_records``); the other
+        columns, the geometry and coordinate columns (``x``, ``lon``, ...)
+        identify the station.
 
     Raises
     ------
@@ -588,6 +599,8 @@ def match_times(a, b, tolerance="12h", how: str = "nearest"):
     >>> a_m.values.tolist(), b_m.values.tolist()
     ([1.0, 2.0], [10.0, 20.0])
     """
+    if isinstance(b, pd.DataFrame):
+        return _match_table(a, b, tolerance, how)
     index_a, index_b = _time_index(a, "a"), _time_index(b, "b")
     a = a.assign_coords(time=index_a).sortby("time")
     b = b.assign_coords(time=index_b).sortby("time")
@@ -603,12 +616,7 @@ def match_times(a, b, tolerance="12h", how: str = "nearest"):
         return a.sel(time=common), b.sel(time=common)
     if how != "nearest":
         raise ValueError(f"how must be 'nearest' or 'daily', got {how!r}.")
-    try:
-        tolerance = pd.Timedelta(tolerance)
-    except (ValueError, TypeError) as error:
-        raise ValueError(
-            f"tolerance must be a time span such as '12h' or '1D', got {tolerance!r}."
-        ) from error
+    tolerance = _parse_tolerance(tolerance)
     for name, index in (("a", index_a), ("b", index_b)):
         if index.has_duplicates:
             raise ValueError(
@@ -632,4 +640,117 @@ def match_times(a, b, tolerance="12h", how: str = "nearest"):
         )
     a_matched = a.isel(time=chosen)
     b_matched = b.isel(time=nearest[chosen]).assign_coords(time=a_matched["time"].values)
+    return a_matched, b_matched
+
+
+# ------------------------------------------------------------------ station tables
+
+#: Float columns of a station table that locate a station rather than measure something.
+_LOCATION_COLUMNS = {"x", "y", "easting", "northing", "lon", "lat", "longitude", "latitude", "long", "lng"}
+
+
+def _table_times(table):
+    """The ``time`` column of a station table as naive datetimes (time zones converted to UTC)."""
+    if "time" not in table.columns:
+        raise ValueError(
+            f"b is a table without a 'time' column (its columns are {list(table.columns)}). Rename its "
+            f"time column, e.g. `b.rename(columns={{'date': 'time'}})`, or read it with "
+            f"`downscale.validation.read_stations`."
+        )
+    try:
+        times = pd.to_datetime(table["time"])
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"b's 'time' column holds values that are not dates (e.g. {table['time'].iloc[0]!r}). "
+            f"Convert it, e.g. `b['time'] = pd.to_datetime(b['time'])`."
+        ) from error
+    if times.dt.tz is not None:
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    if times.isna().any():
+        raise ValueError(
+            f"b's 'time' column has {int(times.isna().sum())} missing value(s). Drop those rows first, "
+            f"e.g. `b.dropna(subset=['time'])`."
+        )
+    return pd.DatetimeIndex(times)
+
+
+def _daily_table(table, times):
+    """Daily means of the float columns of a station table, per station and day (time = midnight).
+
+    A station is identified by every column that is not a measured float:
+    identifiers, names, the geometry and coordinate columns (``x``, ``lon``, ...).
+    """
+    table = table.assign(time=times.floor("D"))
+    measured = [
+        c
+        for c in table.columns
+        if c != "time" and pd.api.types.is_float_dtype(table[c]) and str(c).lower() not in _LOCATION_COLUMNS
+    ]
+    import geopandas as gpd
+
+    geometry = table.geometry.name if isinstance(table, gpd.GeoDataFrame) else None
+    keys = [c for c in table.columns if c not in measured and c != geometry]
+    frame = pd.DataFrame(table.drop(columns=[geometry]) if geometry else table)
+    if geometry:
+        frame["_geometry_key"] = table.geometry.to_wkb().to_numpy()
+        keys = [*keys, "_geometry_key"]
+    grouped = frame.groupby(keys, sort=True, dropna=False)
+    daily = grouped[measured].mean().join(grouped.size().rename("n_records")).reset_index()
+    if geometry:
+        import shapely
+
+        shapes = shapely.from_wkb(daily.pop("_geometry_key").to_numpy())
+        daily = gpd.GeoDataFrame(daily.assign(**{geometry: shapes}), geometry=geometry, crs=table.crs)
+    return daily
+
+
+def _parse_tolerance(tolerance):
+    try:
+        return pd.Timedelta(tolerance)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"tolerance must be a time span such as '12h' or '1D', got {tolerance!r}."
+        ) from error
+
+
+def _match_table(a, b, tolerance, how):
+    """match_times for a station table ``b``: keep its rows that match a step of ``a``."""
+    index_a = _time_index(a, "a")
+    a = a.assign_coords(time=index_a).sortby("time")
+    index_a = a.indexes["time"]
+    times = _table_times(b)
+    if how == "daily":
+        a = _daily(a)
+        days = a.indexes["time"]
+        b = _daily_table(b, times)
+        row_times = pd.DatetimeIndex(b["time"])
+        position = days.get_indexer(row_times)
+        if not (position >= 0).any():
+            raise ValueError(
+                f"No day is shared by a ({_describe(index_a)}) and the records of b "
+                f"({_describe(times.sort_values())}). Check that both cover the same period (and the same "
+                f"time zone)."
+            )
+    elif how == "nearest":
+        tolerance = _parse_tolerance(tolerance)
+        if index_a.has_duplicates:
+            raise ValueError(
+                f"a has repeated time steps ({index_a[index_a.duplicated()][0]} and maybe more). "
+                f"Average them first, e.g. with how='daily' or `a.groupby('time').mean()`."
+            )
+        position = index_a.get_indexer(times, method="nearest") if len(times) else np.zeros(0, dtype=int)
+        distance = np.abs((index_a[position] - times).to_numpy()) if len(times) else position
+        position = np.where(distance <= tolerance.to_timedelta64(), position, -1)
+        if not (position >= 0).any():
+            raise ValueError(
+                f"No record of b ({_describe(times.sort_values())}) is within {tolerance} of a time step "
+                f"of a ({_describe(index_a)}). Widen tolerance=, or use how='daily' to compare daily means."
+            )
+    else:
+        raise ValueError(f"how must be 'nearest' or 'daily', got {how!r}.")
+    keep = position >= 0
+    steps = np.unique(position[keep])
+    a_matched = a.isel(time=steps)
+    b_matched = b.loc[keep].copy()
+    b_matched["matched_time"] = a.indexes["time"][position[keep]]
     return a_matched, b_matched

@@ -338,3 +338,86 @@ def test_match_times_errors_are_pinned():
         align.match_times(a, b, tolerance="soon")
     with pytest.raises(ValueError, match=r"a's 'time' coordinate holds int64 values, not dates"):
         align.match_times(xr.DataArray([1.0, 2.0], dims="time", coords={"time": [1, 2]}), b)
+
+
+# ------------------------------------------------------------------ station tables
+
+
+def stations_table(geo=True):
+    import geopandas as gpd
+
+    table = pd.DataFrame(
+        {
+            "station_id": ["A", "A", "B", "B", "A"],
+            "time": pd.to_datetime(
+                [
+                    "2020-01-01T03:00",
+                    "2020-01-02T01:00",
+                    "2020-01-02T02:00",
+                    "2020-01-03T10:00",
+                    "2020-01-01T20:00",
+                ]
+            ),
+            "value": [1.0, 2.0, 3.0, 4.0, 5.0],
+        }
+    )
+    if not geo:
+        return table.assign(lon=[7.0, 7.0, 8.0, 8.0, 7.0], lat=[45.0, 45.0, 46.0, 46.0, 45.0])
+    return gpd.GeoDataFrame(table, geometry=gpd.points_from_xy([0, 0, 1, 1, 0], [0, 0, 1, 1, 0]), crs=UTM)
+
+
+def test_match_times_station_table_nearest():
+    import geopandas as gpd
+
+    a = series(["2020-01-01", "2020-01-02", "2020-01-05"], [1, 2, 3])
+    a_m, b_m = align.match_times(a, stations_table(), tolerance="6h")
+    # Rows 0 (3 h from Jan 1), 1 and 2 (1-2 h from Jan 2) and 4 (4 h before Jan 2) match; row 3 is 34 h off.
+    assert isinstance(b_m, gpd.GeoDataFrame) and b_m.crs.to_epsg() == 32632
+    assert b_m.index.tolist() == [0, 1, 2, 4]
+    np.testing.assert_array_equal(
+        b_m["matched_time"].to_numpy(),
+        pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-02", "2020-01-02"]),
+    )
+    np.testing.assert_array_equal(a_m.time.values, pd.to_datetime(["2020-01-01", "2020-01-02"]))
+    np.testing.assert_array_equal(a_m.values, [1, 2])
+    wide_a, wide_b = align.match_times(a, stations_table(), tolerance="2D")
+    assert len(wide_b) == 5 and wide_b["matched_time"].iloc[3] == pd.Timestamp("2020-01-02")
+    assert wide_a.sizes["time"] == 2  # several records share a step: stations are many per time
+
+
+def test_match_times_station_table_daily_means_per_station():
+    a = series(pd.date_range("2020-01-01", periods=72, freq="h"))  # values 0..71
+    for table in (stations_table(), stations_table(geo=False)):
+        a_m, b_m = align.match_times(a, table, how="daily")
+        np.testing.assert_allclose(a_m.values, [11.5, 35.5, 59.5])
+        np.testing.assert_array_equal(b_m["station_id"], ["A", "A", "B", "B"])
+        np.testing.assert_allclose(b_m["value"], [3.0, 2.0, 3.0, 4.0])  # station A on Jan 1: mean of 1 and 5
+        np.testing.assert_array_equal(b_m["n_records"], [2, 1, 1, 1])
+        np.testing.assert_array_equal(b_m["matched_time"], b_m["time"])
+    np.testing.assert_allclose(b_m["lon"], [7.0, 7.0, 8.0, 8.0])  # coordinates identify, not averaged
+    geo = align.match_times(a, stations_table(), how="daily")[1]
+    assert geo.geometry.x.tolist() == [0.0, 0.0, 1.0, 1.0] and geo.crs.to_epsg() == 32632
+
+
+def test_match_times_station_table_errors_are_pinned():
+    a = series(["2021-06-01", "2021-06-02"])
+    table = stations_table()
+    with pytest.raises(
+        ValueError,
+        match=r"No record of b \(2020-01-01 03:00:00 \.\. 2020-01-03 10:00:00, 5 step\(s\)\) is within 0 days "
+        r"12:00:00 of a time step of a \(2021-06-01 00:00:00 \.\. 2021-06-02 00:00:00, 2 step\(s\)\)\. "
+        r"Widen tolerance=, or use how='daily'",
+    ):
+        align.match_times(a, table)
+    with pytest.raises(
+        ValueError, match=r"No day is shared by a \(2021-06-01 .*\) and the records of b \(2020-01-01"
+    ):
+        align.match_times(a, table, how="daily")
+    with pytest.raises(
+        ValueError, match=r"b is a table without a 'time' column \(its columns are \['station_id', 'date'"
+    ):
+        align.match_times(a, pd.DataFrame(table.drop(columns="geometry")).rename(columns={"time": "date"}))
+    with pytest.raises(
+        ValueError, match=r"b's 'time' column holds values that are not dates \(e\.g\. 'soon'\)"
+    ):
+        align.match_times(a, pd.DataFrame({"time": ["soon"], "value": [1.0]}))
