@@ -119,9 +119,14 @@ def to_nested(
     if (crs_coarse is None) != (crs_fine is None):
         which, other = ("coarse", "fine") if crs_coarse is None else ("fine", "coarse")
         known = grid_module._crs_name(crs_fine if crs_coarse is None else crs_coarse)
+        unlabelled = coarse if crs_coarse is None else fine
+        if _looks_like_degrees(unlabelled) and known != "EPSG:4326":
+            hint = f"`downscale.grid.set_crs({which}, 'EPSG:4326')` if its coordinates are lon/lat degrees"
+        else:
+            hint = f"`downscale.grid.set_crs({which}, '{known}')` if it is the same"
         raise ValueError(
             f"The {which} grid has no CRS while the {other} grid is in {known}, so they cannot be "
-            f"matched. Declare it, e.g. `downscale.grid.set_crs({which}, '{known}')` if it is the same."
+            f"matched. Declare it, e.g. {hint}."
         )
     if crs_coarse is not None:
         _check_coordinates_fit_crs(coarse, crs_coarse, "coarse")
@@ -182,8 +187,8 @@ def to_nested(
         if best == 0:
             raise ValueError(
                 f"The coarse field does not overlap the fine grid: coarse extent {_extent(coarse)} "
-                f"({_crs_label(crs_coarse)}), fine extent {_extent(fine)} ({_crs_label(crs_fine)}). "
-                f"Check that both CRS are declared correctly."
+                f"({_crs_label(crs_coarse)}{_extent_in(coarse, crs_coarse, crs_fine)}), fine extent "
+                f"{_extent(fine)} ({_crs_label(crs_fine)}). Check that both CRS are declared correctly."
             )
         raise ValueError(
             f"No block of the fine grid reaches min_coverage={min_coverage:g} (the best covered "
@@ -256,6 +261,32 @@ def _extent(obj):
         half = abs(grid_module.grid_step(values, axis)) / 2
         parts.append(f"{axis} {values.min() - half:.6g}..{values.max() + half:.6g}")
     return ", ".join(parts)
+
+
+def _extent_in(obj, crs_from, crs_to):
+    """``"; x ..., y ... in <crs_to>"``: the extent of ``obj`` transformed, or ``""`` in the same CRS."""
+    if crs_from is None or crs_to is None or crs_from.equals(crs_to):
+        return ""
+    import pyproj
+
+    (x_low, x_high), (y_low, y_high) = (
+        (_edges(obj[a].values)[0].min(), _edges(obj[a].values)[1].max()) for a in ("x", "y")
+    )
+    transformer = pyproj.Transformer.from_crs(crs_from, crs_to, always_xy=True)
+    try:
+        bounds = transformer.transform_bounds(x_low, y_low, x_high, y_high, densify_pts=21)
+    except Exception:  # pyproj raises on bounds outside the target projection's domain
+        return f"; outside the domain of {grid_module._crs_name(crs_to)}"
+    return (
+        f"; x {bounds[0]:.6g}..{bounds[2]:.6g}, y {bounds[1]:.6g}..{bounds[3]:.6g} in "
+        f"{grid_module._crs_name(crs_to)}"
+    )
+
+
+def _looks_like_degrees(obj):
+    y = np.asarray(obj["y"].values, dtype=float)
+    x = np.asarray(obj["x"].values, dtype=float)
+    return bool(np.nanmax(np.abs(y)) <= 90 and np.nanmax(np.abs(x)) <= 360)
 
 
 def _edges(values):
@@ -503,7 +534,7 @@ class _PolygonRemap:
             subset = np.full((*lead, 0), np.nan)
         else:
             subset = values[..., self.index["y"], self.index["x"]].reshape(*lead, -1)
-        flat = subset.reshape(-1, subset.shape[-1])
+        flat = subset.reshape(int(np.prod(lead, dtype=int)), subset.shape[-1])
         valid = np.isfinite(flat)
         numerator = (self.weights @ np.where(valid, flat, 0.0).T).T
         covered = (self.weights @ valid.astype(np.float64).T).T

@@ -421,3 +421,45 @@ def test_match_times_station_table_errors_are_pinned():
         ValueError, match=r"b's 'time' column holds values that are not dates \(e\.g\. 'soon'\)"
     ):
         align.match_times(a, pd.DataFrame({"time": ["soon"], "value": [1.0]}))
+
+
+def test_cross_crs_field_linear_in_the_fine_plane_is_reproduced_at_block_centres(utm_fine, lonlat_source):
+    # Source values: a plane in UTM metres (2 and 3 per km along x and y), sampled at the cell centres.
+    lon, lat = np.meshgrid(lonlat_source.x.values, lonlat_source.y.values)
+    x, y = pyproj.Transformer.from_crs("EPSG:4326", UTM, always_xy=True).transform(lon, lat)
+    plane = lambda x, y: 2e-3 * (x - 550_000.0) + 3e-3 * (y - 5_050_000.0)  # noqa: E731
+    out = align.to_nested(field_on(lonlat_source, plane(x, y)), utm_fine, factor=25)
+    block_x, block_y = np.meshgrid(out.x.values, out.y.values)
+    error = out.values - plane(block_x, block_y)
+    # Neighbouring source cells differ by ~40 (x, 19.7 km) and ~83 (y, 27.8 km); blocks span 2375.
+    # Piecewise-constant cells cut by block edges give errors well below one cell jump, with no bias.
+    assert np.abs(error).max() < 10.0
+    assert abs(error.mean()) < 0.1
+
+
+def test_crs_and_overlap_errors_name_the_fix():
+    fine = ds.grid.make_grid((50, 50), 1000.0, origin=(300_000.0, 4_800_000.0), crs=UTM)
+    degrees = ds.grid.make_grid((8, 8), 0.25, origin=(20.0, 10.0))  # no CRS, lon/lat-looking coordinates
+    field = xr.DataArray(np.ones((8, 8)), dims=("y", "x"), coords=degrees.coords)
+    with pytest.raises(
+        ValueError,
+        match=r"The coarse grid has no CRS while the fine grid is in EPSG:32632, so they cannot be matched\. "
+        r"Declare it, e\.g\. `downscale\.grid\.set_crs\(coarse, 'EPSG:4326'\)` if its coordinates are lon/lat",
+    ):
+        align.to_nested(field, fine)
+    with pytest.raises(
+        ValueError,
+        match=r"The fine grid has no CRS while the coarse grid is in EPSG:32632.*"
+        r"`downscale\.grid\.set_crs\(fine, 'EPSG:32632'\)` if it is the same",
+    ):
+        align.to_nested(field_on(fine, np.ones((50, 50))), ds.grid.make_grid((50, 50), 100.0), factor=10)
+    # Across CRS, the coarse extent is also given in the fine CRS (the Alps grid vs a field over Africa).
+    far = ds.grid.set_crs(field, "EPSG:4326")
+    for data in (far, far.expand_dims(time=pd.date_range("2020-01-01", periods=2))):
+        with pytest.raises(
+            ValueError,
+            match=r"does not overlap the fine grid: coarse extent x 20\.\.22, y 10\.\.12 \(EPSG:4326; "
+            r"x 1\.70\d*e\+06\.\.1\.93\d*e\+06, y 1\.12\d*e\+06\.\.1\.36\d*e\+06 in EPSG:32632\), "
+            r"fine extent x 300000\.\.350000, y 4\.8e\+06\.\.4\.85e\+06 \(EPSG:32632\)",
+        ):
+            align.to_nested(data, fine, factor=25)
