@@ -95,8 +95,11 @@ def to_nested(
     -----
     When ``coarse`` already nests in ``fine`` (and ``factor`` is not given or
     agrees), it is returned unchanged with coordinates snapped to the block
-    centres. Longitudes are not wrapped: give a geographic source in the
-    longitude convention of the fine grid's transformation (-180..180 usually).
+    centres. A geographic source is brought to the longitude convention of
+    the fine grid first: a global field is rolled so that its seam lies
+    opposite the fine grid (0..360 and -180..180 sources give the same
+    result), a regional one is shifted by 360 degrees when that makes it
+    cover the fine grid.
 
     Examples
     --------
@@ -131,6 +134,8 @@ def to_nested(
     if crs_coarse is not None:
         _check_coordinates_fit_crs(coarse, crs_coarse, "coarse")
         _check_coordinates_fit_crs(fine, crs_fine, "fine")
+    if crs_coarse is not None and crs_coarse.is_geographic:
+        coarse = _wrap_longitudes(coarse, crs_coarse, fine, crs_fine)
     same_crs = crs_coarse is None or crs_coarse.equals(crs_fine)
     _check_not_all_nan(coarse)
 
@@ -281,6 +286,37 @@ def _extent_in(obj, crs_from, crs_to):
         f"; x {bounds[0]:.6g}..{bounds[2]:.6g}, y {bounds[1]:.6g}..{bounds[3]:.6g} in "
         f"{grid_module._crs_name(crs_to)}"
     )
+
+
+def _wrap_longitudes(coarse, crs_coarse, fine, crs_fine):
+    """Bring the longitudes of a geographic ``coarse`` to the side of the globe where ``fine`` lies."""
+    x = np.asarray(coarse["x"].values, dtype=float)
+    step = grid_module.grid_step(x, "coarse 'x'")
+    centre_x = float(np.mean(fine["x"].values[[0, -1]]))
+    centre_y = float(np.mean(fine["y"].values[[0, -1]]))
+    if not crs_coarse.equals(crs_fine):
+        import pyproj
+
+        transformer = pyproj.Transformer.from_crs(crs_fine, crs_coarse, always_xy=True)
+        centre_x, _ = transformer.transform(centre_x, centre_y)
+        if not np.isfinite(centre_x):
+            return coarse
+    low, high = x.min() - abs(step) / 2, x.max() + abs(step) / 2
+    if abs((high - low) - 360.0) < 0.5 * abs(step):
+        # Global: roll so that the seam is half a turn away from the fine grid's centre.
+        # The seam is the cell edge nearest to centre - 180, so cells are moved whole.
+        seam = low + np.round((centre_x - 180.0 - low) / abs(step)) * abs(step)
+        wrapped = seam + (x - seam) % 360.0
+        if np.allclose(wrapped, x, rtol=0, atol=1e-9):
+            return coarse
+        order = np.argsort(wrapped) if step > 0 else np.argsort(wrapped)[::-1]
+        return coarse.isel(x=order).assign_coords(x=("x", wrapped[order], dict(coarse["x"].attrs)))
+    for shift in (0.0, -360.0, 360.0):
+        if low + shift <= centre_x <= high + shift:
+            if shift == 0.0:
+                return coarse
+            return coarse.assign_coords(x=("x", x + shift, dict(coarse["x"].attrs)))
+    return coarse
 
 
 def _looks_like_degrees(obj):

@@ -463,3 +463,27 @@ def test_crs_and_overlap_errors_name_the_fix():
             r"fine extent x 300000\.\.350000, y 4\.8e\+06\.\.4\.85e\+06 \(EPSG:32632\)",
         ):
             align.to_nested(data, fine, factor=25)
+
+
+def test_longitude_conventions_give_the_same_blocks(rng):
+    # A global 0..360 field (ERA5-style) and the same field in -180..180, onto grids straddling Greenwich.
+    lat = np.arange(48.125, 54.0, 0.25)[::-1]
+    lon_east = np.arange(0.125, 360.0, 0.25)
+    values = rng.normal(size=(lat.size, lon_east.size))
+    east = ds.grid.set_crs(
+        xr.DataArray(values, dims=("y", "x"), coords={"y": lat, "x": lon_east}), "EPSG:4326"
+    )
+    centred = east.assign_coords(x=((east.x + 180.0) % 360.0) - 180.0).sortby("x")
+    assert centred.x.values[0] == -179.875
+    utm30 = ds.grid.make_grid((100, 100), 1000.0, origin=(650_000.0, 5_600_000.0), crs="EPSG:32630")
+    lonlat = ds.grid.make_grid((40, 40), 0.05, origin=(-1.0, 50.0), crs="EPSG:4326")
+    for fine, factor in ((utm30, 25), (lonlat, 5)):
+        reference = align.to_nested(centred, fine, factor=factor)
+        assert np.isfinite(reference.values).all()
+        np.testing.assert_array_equal(align.to_nested(east, fine, factor=factor).values, reference.values)
+    # A regional field west of Greenwich given as 300..360 is shifted by -360 degrees (fine grid near 4 W).
+    west = east.sel(x=slice(300.0, 360.0))
+    west_grid = ds.grid.make_grid((50, 50), 1000.0, origin=(400_000.0, 5_600_000.0), crs="EPSG:32630")
+    reference = align.to_nested(centred, west_grid, factor=25)
+    assert np.isfinite(reference.values).all()
+    np.testing.assert_array_equal(align.to_nested(west, west_grid, factor=25).values, reference.values)
