@@ -1,0 +1,250 @@
+"""Tests for the UNet downscaler: coherence, bounds, skill against the known truth, save/load, bad input.
+
+Everything runs on tiny scenes (200 x 200 fine cells, factor 10, 10 time steps) and tiny
+networks, so the module stays well under a minute on two shared cores.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import downscale as ds
+
+torch = pytest.importorskip("torch")
+
+from downscale.models.transforms import coherent_correction  # noqa: E402
+from downscale.models.unet import UNetDownscaler  # noqa: E402
+
+FACTOR = 10
+TINY = dict(base_channels=8, depth=2, max_epochs=8, n_threads=1, n_mc=4)
+
+
+def rmse(prediction, truth):
+    prediction, truth = np.asarray(prediction), np.asarray(truth)
+    valid = np.isfinite(prediction) & np.isfinite(truth)
+    return float(np.sqrt(np.mean((prediction[valid] - truth[valid]) ** 2)))
+
+
+def covariates(scene):
+    return xr.Dataset({"elevation": scene.dem, "ndvi": scene.ndvi})
+
+
+def relative_coherence_error(fine, coarse, factor=FACTOR):
+    back = ds.grid.block_mean(fine, factor, min_valid=1e-9).values
+    valid = np.isfinite(back) & np.isfinite(coarse.values)
+    assert valid.mean() > 0.9
+    return float(np.max(np.abs(back - coarse.values)[valid]) / np.nanmax(np.abs(coarse.values)))
+
+
+@pytest.fixture(scope="module")
+def precipitation():
+    scene = ds.datasets.synthetic_scene("precipitation", seed=0, n_times=10, shape=(200, 200), factor=FACTOR)
+    X = covariates(scene)
+    model = UNetDownscaler(**TINY).fit(scene.coarse, X)
+    return scene, X, model
+
+
+@pytest.fixture(scope="module")
+def lst():
+    scene = ds.datasets.synthetic_scene("lst", seed=1, n_times=10, shape=(200, 200), factor=FACTOR)
+    X = covariates(scene)
+    model = UNetDownscaler(**TINY).fit(scene.coarse, X, mask=scene.mask)
+    return scene, X, model
+
+
+# ------------------------------------------------------------------ Wald training
+
+
+def test_wald_precipitation_coherent_non_negative_and_beats_bilinear(precipitation):
+    scene, X, model = precipitation
+    assert model.constraint_ == "softmax"  # chosen from valid_min = 0 on the coarse field
+    assert model.wald_factor_ == 2  # 20 x 20 coarse cells: the largest factor that keeps 8 x 8 degraded
+    fine = model.predict(X)
+    assert fine.dims == ("time", "y", "x") and fine.shape == scene.truth.shape
+    assert relative_coherence_error(fine, scene.coarse) < 1e-5
+    assert float(fine.min()) >= 0.0
+    # A dry coarse cell gives a dry block.
+    dry = np.repeat(np.repeat(scene.coarse.values == 0, FACTOR, axis=-2), FACTOR, axis=-1)
+    assert dry.any() and np.all(fine.values[dry] == 0)
+    bilinear = ds.grid.upsample(scene.coarse, FACTOR, "bilinear")
+    nearest = ds.grid.upsample(scene.coarse, FACTOR, "nearest")
+    unet_error = rmse(fine, scene.truth)
+    assert unet_error < 0.8 * rmse(bilinear, scene.truth)  # measured 1.23 vs 1.83 mm
+    assert unet_error < rmse(nearest, scene.truth)
+
+
+def test_wald_lst_learns_the_covariates_beyond_coherent_bilinear(lst):
+    scene, X, model = lst
+    assert model.constraint_ == "additive"
+    fine = model.predict(X)
+    assert relative_coherence_error(fine, scene.coarse) < 1e-5
+    # Outside the mask (the sea) there is no output.
+    assert np.isnan(fine.values[:, ~scene.mask.values]).all()
+    assert np.isfinite(fine.values[:, scene.mask.values]).all()
+    bilinear = ds.grid.upsample(scene.coarse, FACTOR, "bilinear").where(scene.mask)
+    coherent_bilinear = coherent_correction(bilinear, scene.coarse)
+    # The untrained network gives the coherent bilinear field; training must add the lapse rate etc.
+    assert rmse(fine, scene.truth) < 0.85 * rmse(coherent_bilinear, scene.truth)
+    assert rmse(fine, scene.truth) < rmse(bilinear, scene.truth)
+    history = model.history_
+    assert len(history) >= model.best_epoch_ >= 1
+    assert history[model.best_epoch_ - 1]["validation_loss"] < history[0]["validation_loss"]
+
+
+def test_return_std_from_mc_dropout(precipitation):
+    scene, X, model = precipitation
+    coarse = scene.coarse.isel(time=[0, 1])
+    fine, std = model.predict(X, return_std=True, coarse=coarse)
+    assert std.shape == fine.shape == (2, 200, 200)
+    assert float(std.min()) >= 0 and float(std.max()) > 0
+    # The mean of coherent samples is coherent; dry blocks have no spread.
+    assert relative_coherence_error(fine, coarse) < 1e-5
+    dry = np.repeat(np.repeat(coarse.values == 0, FACTOR, axis=-2), FACTOR, axis=-1)
+    assert np.all(std.values[dry] == 0)
+
+
+def test_save_load_round_trip_gives_identical_predictions(precipitation, tmp_path):
+    scene, X, model = precipitation
+    path = tmp_path / "unet.pt"
+    model.save(path)
+    # Only tensors and plain values: loadable without unpickling arbitrary objects.
+    content = torch.load(path, weights_only=True)
+    assert content["format"] == "downscale.UNetDownscaler"
+    loaded = UNetDownscaler.load(path)
+    assert loaded.get_params() == model.get_params()
+    np.testing.assert_array_equal(loaded.predict(X).values, model.predict(X).values)
+    coarse = scene.coarse.isel(time=[3])
+    a = model.predict(X, return_std=True, coarse=coarse)
+    b = loaded.predict(X, return_std=True, coarse=coarse)
+    np.testing.assert_array_equal(a[1].values, b[1].values)
+    xr.testing.assert_equal(loaded.coarse_, model.coarse_)
+    assert loaded.coarse_.attrs["units"] == "mm"
+    assert ds.grid.get_crs(loaded.coarse_).equals(ds.grid.get_crs(model.coarse_))
+
+
+def test_same_seed_same_model_and_clone(precipitation):
+    scene, X, _ = precipitation
+    settings = dict(TINY, max_epochs=1, base_channels=4, depth=1)
+    first = UNetDownscaler(**settings, seed=3).fit(scene.coarse, X)
+    again = UNetDownscaler(**settings, seed=3).fit(scene.coarse, X)
+    np.testing.assert_array_equal(first.predict(X).values, again.predict(X).values)
+    from sklearn.base import clone
+
+    copy = clone(first)
+    assert copy.get_params() == first.get_params()
+    assert not hasattr(copy, "network_")
+    assert first.get_params()["max_epochs"] == 1
+
+
+def test_supervised_mode_generalises_to_new_days():
+    scene = ds.datasets.synthetic_scene("lst", seed=2, n_times=10, shape=(200, 200), factor=FACTOR)
+    X = covariates(scene)
+    train, test = slice(0, 8), slice(8, 10)
+    model = UNetDownscaler(mode="supervised", **dict(TINY, max_epochs=4)).fit(
+        scene.coarse.isel(time=train), X, y_fine=scene.truth.isel(time=train), mask=scene.mask
+    )
+    assert model.wald_factor_ is None
+    coarse = scene.coarse.isel(time=test)
+    fine = model.predict(X, coarse=coarse)
+    truth = scene.truth.isel(time=test)
+    assert relative_coherence_error(fine, coarse) < 1e-5
+    bilinear = ds.grid.upsample(coarse, FACTOR, "bilinear")
+    assert rmse(fine, truth) < 0.8 * rmse(bilinear, truth)
+
+
+def test_coherence_on_a_geographic_grid_uses_area_weights():
+    """Rows at 54-62 N differ in area by about 17 %; the constraint must use block_mean's weights."""
+    scene = ds.datasets.synthetic_scene("precipitation", seed=4, n_times=8, shape=(160, 160), factor=FACTOR)
+    lat = 62.0 - 0.05 * (np.arange(160) + 0.5)
+    lon = 10.0 + 0.05 * (np.arange(160) + 0.5)
+
+    def geographic(da):
+        out = da.drop_vars("spatial_ref", errors="ignore").assign_coords(y=lat, x=lon)
+        return ds.grid.set_crs(out, "EPSG:4326")
+
+    truth = geographic(scene.truth)
+    coarse = ds.grid.block_mean(truth, FACTOR)
+    coarse.attrs.update(scene.coarse.attrs)
+    X = xr.Dataset({"elevation": geographic(scene.dem)})
+    model = UNetDownscaler(**dict(TINY, max_epochs=1, base_channels=4, depth=1)).fit(coarse, X)
+    fine = model.predict(X)
+    assert relative_coherence_error(fine, coarse) < 1e-5
+    # The unweighted block mean would not match: the check above is not vacuous.
+    plain = fine.values.reshape(8, 16, FACTOR, 16, FACTOR).mean(axis=(2, 4))
+    assert np.nanmax(np.abs(plain - coarse.values)) / float(coarse.max()) > 1e-4
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def test_too_few_time_steps_to_train():
+    scene = ds.datasets.synthetic_scene("precipitation", seed=0, n_times=1, shape=(200, 200), factor=FACTOR)
+    with pytest.raises(
+        ValueError, match=r"Too few training tiles: 1 time step\(s\) x 4 tile\(s\) of 4 x 4 blocks"
+    ):
+        UNetDownscaler(**TINY).fit(scene.coarse, covariates(scene))
+
+
+def test_too_small_a_coarse_grid_for_the_wald_protocol():
+    scene = ds.datasets.synthetic_scene("precipitation", seed=0, n_times=3, shape=(100, 100), factor=FACTOR)
+    with pytest.raises(ValueError, match=r"coarse grid has only 10 x 10 cells.*wald_factor=2"):
+        UNetDownscaler(**TINY).fit(scene.coarse, covariates(scene))
+
+
+def test_covariates_missing_at_predict(precipitation):
+    _, X, model = precipitation
+    with pytest.raises(ValueError, match=r"missing the covariates \['ndvi'\].*same covariates as at fit"):
+        model.predict(X.drop_vars("ndvi"))
+
+
+def test_grid_mismatch(precipitation):
+    scene, X, model = precipitation
+    with pytest.raises(ValueError, match="do not nest along 'x'"):
+        UNetDownscaler(**TINY).fit(scene.coarse, X.isel(x=slice(0, 195)))
+    coarser = ds.grid.block_mean(X, 2)
+    with pytest.raises(ValueError, match="factor 5, but the model was fitted at factor 10"):
+        model.predict(coarser)
+    with pytest.raises(ValueError, match="mask has shape"):
+        UNetDownscaler(**TINY).fit(scene.coarse, X, mask=scene.mask.isel(y=slice(0, 100)))
+
+
+def test_bad_parameters_and_modes(precipitation, tmp_path):
+    scene, X, _ = precipitation
+    with pytest.raises(ValueError, match="mode='supervised' needs fine training fields"):
+        UNetDownscaler(mode="supervised").fit(scene.coarse, X)
+    with pytest.raises(ValueError, match="y_fine is only used with mode='supervised'"):
+        UNetDownscaler().fit(scene.coarse, X, y_fine=scene.truth)
+    with pytest.raises(ValueError, match="constraint must be one of"):
+        UNetDownscaler(constraint="clip").fit(scene.coarse, X)
+    with pytest.raises(RuntimeError, match="not fitted yet"):
+        UNetDownscaler().predict(X)
+    with pytest.raises(TypeError, match="coarse must be an xarray DataArray"):
+        UNetDownscaler().fit(scene.coarse.values, X)
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match="not a file written by UNetDownscaler.save"):
+        UNetDownscaler.load(path)
+
+
+def test_without_torch_the_package_imports_and_the_model_says_what_to_install():
+    code = (
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ImportError('No module named torch')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "import downscale, downscale.models\n"
+        "from downscale.models.unet import UNetDownscaler\n"
+        "try:\n"
+        "    UNetDownscaler()\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "pip install torch==2.13.0" in result.stdout
+    assert 'pip install -e ".[unet]"' in result.stdout
