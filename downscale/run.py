@@ -999,8 +999,23 @@ def load_covariates(config: RunConfig, fine_chunk: int):
     return X, mask
 
 
+@contextlib.contextmanager
+def _small_chunk_cache(size=4 * 2**20):
+    """netCDF's default chunk cache is 64 MiB per variable: as large as a whole fine field of a
+    mid-sized domain, it would make memory grow with the domain. Tiles are read and written once,
+    so a small cache loses nothing."""
+    import netCDF4
+
+    previous = netCDF4.get_chunk_cache()
+    netCDF4.set_chunk_cache(size, previous[1], previous[2])
+    try:
+        yield
+    finally:
+        netCDF4.set_chunk_cache(*previous)
+
+
 def _open_lazy(path, chunks):
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _small_chunk_cache():
         # Tiles need not match the file's own chunks; dask reads the overlapping ones.
         warnings.filterwarnings("ignore", message="The specified chunks separate")
         return xr.open_dataset(path, decode_coords="all", chunks=chunks)
@@ -1053,7 +1068,8 @@ def _write_atomic(dataset, path, compression=4, attrs=None, chunk=None, tiles=No
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     os.close(handle)
     try:
-        dataset.to_netcdf(temporary, engine="netcdf4", encoding=encoding)
+        with _small_chunk_cache():
+            dataset.to_netcdf(temporary, engine="netcdf4", encoding=encoding)
         if tiles is not None:
             _fill_tiles(temporary, names, ["time" in dataset[n].dims for n in names], tiles)
         with netCDF4.Dataset(temporary, "a") as nc:
@@ -1089,7 +1105,7 @@ def _fill_tiles(path, names, has_time, tiles):
     import netCDF4
 
     batch = _in_flight()
-    with netCDF4.Dataset(path, "a") as nc:
+    with _small_chunk_cache(), netCDF4.Dataset(path, "a") as nc:
         for start in range(0, len(tiles), batch):
             part = tiles[start : start + batch]
             values = dask.compute(*[task for _, _, task in part])
