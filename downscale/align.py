@@ -665,6 +665,14 @@ def match_times(a, b, tolerance="12h", how: str = "nearest"):
     >>> a_m, b_m = match_times(a, b, how="daily")
     >>> a_m.values.tolist(), b_m.values.tolist()
     ([1.0, 2.0], [10.0, 20.0])
+
+    Station records (a table with a ``time`` column) keep their rows:
+
+    >>> records = pd.DataFrame({"station_id": ["A", "B", "A"], "value": [0.5, 0.7, 0.9],
+    ...     "time": pd.to_datetime(["2020-01-01T02:00", "2020-01-01T22:00", "2020-01-03T00:00"])})
+    >>> a_m, b_m = match_times(a, records, tolerance="6h")
+    >>> b_m["matched_time"].dt.strftime("%d").tolist(), a_m.values.tolist()
+    (['01', '02'], [1.0, 2.0])
     """
     if isinstance(b, pd.DataFrame):
         return _match_table(a, b, tolerance, how)
@@ -725,7 +733,10 @@ def _table_times(table):
             f"`downscale.validation.read_stations`."
         )
     try:
-        times = pd.to_datetime(table["time"])
+        try:  # ISO 8601 strings of mixed precision ("2020-01-03", "2020-01-03T06:00") are common in CSV
+            times = pd.to_datetime(table["time"], format="ISO8601")
+        except (ValueError, TypeError):
+            times = pd.to_datetime(table["time"])
     except (ValueError, TypeError) as error:
         raise ValueError(
             f"b's 'time' column holds values that are not dates (e.g. {table['time'].iloc[0]!r}). "

@@ -487,3 +487,15 @@ def test_longitude_conventions_give_the_same_blocks(rng):
     reference = align.to_nested(centred, west_grid, factor=25)
     assert np.isfinite(reference.values).all()
     np.testing.assert_array_equal(align.to_nested(west, west_grid, factor=25).values, reference.values)
+
+
+def test_match_times_station_table_with_text_times_in_mixed_iso_precision():
+    a = series(["2020-01-01", "2020-01-03"], [1, 2])
+    records = pd.DataFrame(
+        {"time": ["2020-01-01T02:00", "2020-01-03", "2020-01-05"], "value": [1.0, 2.0, 3.0]}
+    )
+    a_m, b_m = align.match_times(a, records)
+    assert b_m.index.tolist() == [0, 1]
+    np.testing.assert_array_equal(
+        b_m["matched_time"].to_numpy(), pd.to_datetime(["2020-01-01", "2020-01-03"])
+    )
