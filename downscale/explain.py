@@ -30,7 +30,7 @@ import xarray as xr
 
 from . import grid as grid_module
 
-__all__ = ["ShapValues", "global_importance", "shap_maps", "shap_values", "trend_table"]
+__all__ = ["ShapValues", "applicability", "global_importance", "shap_maps", "shap_values", "trend_table"]
 
 
 @dataclass
@@ -336,3 +336,85 @@ def shap_maps(model, X, stride=None, max_pixels: int = 2500, time: int = 0) -> x
     maps = xr.Dataset(variables, attrs={"stride": stride, "base_value": base, "space": space})
     crs = grid_module.get_crs(X)
     return grid_module.set_crs(maps, crs) if crs is not None else maps
+
+
+def applicability(model, X, weights="shap", cv=None, sample: int = 2000, seed: int = 0, time: int = 0):
+    """Area of applicability of a fitted Downscaler's trend over the fine grid (Meyer and Pebesma 2021).
+
+    The training rows are the block means of the covariates over the coarse cells the trend was
+    fitted on; the new rows are the fine pixels. Features are weighted by their SHAP importance
+    (mean absolute SHAP value, :func:`global_importance`), so that covariates the trend ignores do
+    not count, and the threshold comes from the training dissimilarity with spatial folds held out.
+
+    Parameters
+    ----------
+    model : downscale.Downscaler
+        Fitted.
+    X : xarray.Dataset
+        The fine covariates used in fit.
+    weights : "shap", None, dict or pandas.Series
+        Feature weights: SHAP importance (default), none (all equal), or given.
+    cv : splitter, optional
+        Splitter over the coarse cell centres for the threshold (default
+        ``SpatialBlockKFold(n_splits=5)``).
+    sample, seed
+        Pixels used for the SHAP weights.
+
+    Returns
+    -------
+    dissimilarity : xarray.DataArray
+        Dissimilarity index on the fine grid.
+    inside : xarray.DataArray of bool
+        True inside the area of applicability, named ``aoa``.
+    threshold : float
+
+    Examples
+    --------
+    >>> import downscale as ds
+    >>> scene = ds.datasets.synthetic_scene("lst", seed=0, shape=(120, 120), factor=10)
+    >>> X = ds.covariates.build(dem=scene.dem, features=["elevation", "slope"])
+    >>> model = ds.Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X)
+    >>> di, inside, threshold = applicability(model, X)
+    >>> di.dims, inside.name, bool(0 < float(inside.mean()) <= 1)
+    (('y', 'x'), 'aoa', True)
+    """
+    from .covariates import aggregate
+    from .validation.aoa import area_of_applicability
+    from .validation.crossval import coarse_cell_coordinates
+    from .validation.splitters import SpatialBlockKFold
+
+    if not hasattr(model, "trend_models_"):
+        raise ValueError(
+            f"applicability needs a fitted downscale.Downscaler (its training cells are the coarse cells); "
+            f"got {type(model).__name__}" + (" that is not fitted" if hasattr(model, "trend") else "") + "."
+        )
+    names = list(model.feature_names_)
+    coarse = model.coarse_
+    if "time" in coarse.dims:
+        coarse = coarse.isel(time=min(int(time), coarse.sizes["time"] - 1))
+    fine = X[names]
+    if "time" in fine.dims:
+        fine = fine.isel(time=min(int(time), fine.sizes["time"] - 1))
+    training = aggregate(fine, coarse, min_valid=1e-9)
+    table = pd.DataFrame({n: np.asarray(training[n].values, dtype=np.float64).ravel() for n in names})
+    valid = np.isfinite(np.asarray(coarse.values, dtype=np.float64)).ravel() & np.isfinite(
+        table.to_numpy()
+    ).all(1)
+    coords = coarse_cell_coordinates(coarse)[valid]
+    table = table[valid].reset_index(drop=True)
+    if isinstance(weights, str):
+        if weights != "shap":
+            raise ValueError(f"weights must be 'shap', None, a dict or a Series, got {weights!r}.")
+        weights = global_importance(shap_values(model, X, sample=sample, seed=seed, time=time))[
+            "mean_abs_shap"
+        ]
+    splitter = cv if cv is not None else SpatialBlockKFold(n_splits=5)
+    folds = list(splitter.split(coords))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*training row.*missing values.*")
+        dissimilarity, inside, threshold = area_of_applicability(table, fine, weights=weights, cv_folds=folds)
+    inside = inside.astype(bool).rename("aoa")
+    crs = grid_module.get_crs(X)
+    if crs is not None:
+        dissimilarity, inside = grid_module.set_crs(dissimilarity, crs), grid_module.set_crs(inside, crs)
+    return dissimilarity, inside, threshold

@@ -121,3 +121,33 @@ def test_errors(pair):
         shap_values(_fit(pair, "linear"), X[["a"]])
     with pytest.raises(ValueError, match="feature_names_in_"):
         shap_values(RandomForestRegressor().fit(np.ones((4, 2)), np.ones(4)), X)
+
+
+def test_applicability_flags_covariates_outside_the_training_range_weighted_by_shap():
+    rng = np.random.default_rng(1)
+    coarse_grid = ds.grid.make_grid((16, 16), 3000.0, crs="EPSG:32632")
+    fine = ds.grid.fine_grid(coarse_grid, FACTOR)
+    shape = (fine.sizes["y"], fine.sizes["x"])
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    a = np.sin(xx / 4.0) + np.cos(yy / 6.0) + 0.2 * rng.standard_normal(shape)
+    b = rng.standard_normal(shape)
+    X = ds.grid.set_crs(
+        xr.Dataset({"a": (("y", "x"), a), "b": (("y", "x"), b)}, coords=fine.coords), "EPSG:32632"
+    )
+    coarse = ds.grid.block_mean(5.0 + 2.0 * X["a"], FACTOR)
+    # Two corners without coarse data (no training cells) whose covariates leave the training range:
+    # `a` (which drives the trend) in the north-west, `b` (which the trend ignores) in the south-east.
+    coarse[:4, :4] = np.nan
+    coarse[12:, 12:] = np.nan
+    X["a"][:12, :12] += 6.0
+    X["b"][36:, 36:] += 6.0
+    model = ds.Downscaler(trend="linear", calibrate_std=False).fit(coarse, X)
+    di, inside, threshold = ds.explain.applicability(model, X)
+    assert inside.dtype == bool and inside.shape == shape and threshold > 0
+    assert not inside.values[:12, :12].any()  # the trend extrapolates in `a`
+    assert inside.values[36:, 36:].mean() > 0.9  # `b` has no weight: its novelty does not matter
+    assert inside.values[12:36, 12:36].mean() > 0.9  # the trained region
+    _, unweighted, _ = ds.explain.applicability(model, X, weights=None)
+    assert unweighted.values[36:, 36:].mean() < 0.1  # with equal weights `b` counts
+    with pytest.raises(ValueError, match="needs a fitted downscale.Downscaler"):
+        ds.explain.applicability(ds.Downscaler(), X)
