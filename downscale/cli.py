@@ -154,6 +154,7 @@ def _demo(args) -> int:
     import numpy as np
 
     import downscale as ds
+    from downscale.validation import report as report_module
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -197,9 +198,24 @@ def _demo(args) -> int:
     inside = np.abs(truth.values - fine.values) <= z * std.values
     coverage = float(np.mean(inside[valid & np.isfinite(std.values)]))
 
+    applicability = None
+    shap = None
+    if getattr(model, "selected_trend_", model.trend) not in ("none", None):
+        try:
+            step("Area of applicability and SHAP explanation of the trend")
+            dissimilarity, inside, _ = ds.explain.applicability(model, covariates)
+            applicability = (dissimilarity, inside)
+            shap = ds.explain.shap_values(model, covariates, sample=1000)
+        except (TypeError, ValueError) as error:  # e.g. a trend without tree structure
+            step(f"  skipped: {error}")
+
     step("Writing fine.nc")
+    name = fine.name or args.variable
+    output_data = fine.to_dataset(name=name).assign({std.name or f"{name}_std": std})
+    if applicability is not None:
+        output_data = output_data.assign(dissimilarity_index=applicability[0], aoa=applicability[1])
     fine_path = ds.io.write_netcdf(
-        fine.to_dataset(name=fine.name or args.variable).assign({std.name or "std": std}),
+        output_data,
         output / "fine.nc",
         parameters={"command": "downscale demo", "variable": args.variable, "seed": args.seed, **model.get_params(deep=False)},
     )
@@ -218,54 +234,38 @@ def _demo(args) -> int:
     )
     maps_path = ds.plot.save_figure(figure, output / "maps.png")
 
-    step("Scoring against the stations")
-    scores = ds.validation.station_scores(fine, scene.stations, coarse=scene.coarse)
-    overall = scores.loc["overall"] if "overall" in scores.index else scores.iloc[-1]
-
-    report = [
-        f"# downscale demo: {args.variable}",
-        "",
+    step("Scoring against the stations and writing the report")
+    units = truth.attrs.get("units", "")
+    notes = [
         f"Synthetic {truth.attrs.get('long_name', args.variable)} scene, seed {args.seed}: "
-        f"{scene.coarse.sizes['y']} x {scene.coarse.sizes['x']} coarse cells downscaled {factor}x to "
-        f"{truth.sizes['y']} x {truth.sizes['x']} fine cells.",
-        "",
-        f"Model: `{model!r}`" + (f", trend chosen by spatial CV: **{chosen}**" if chosen is not None else ""),
-        "",
-        "| measure | value |",
-        "|---|---|",
-        f"| RMSE of the downscaled field against the fine truth | {rmse_fine:.4g} {truth.attrs.get('units', '')} |",
-        f"| RMSE of bilinear interpolation against the fine truth | {rmse_bilinear:.4g} |",
-        f"| ratio (downscaled / bilinear) | {rmse_fine / rmse_bilinear:.3f} |",
-        f"| coherence error, max relative over coarse cells | {coherence:.2e} |",
-        f"| share of truth pixels inside the 90% interval | {coverage:.1%} |",
-        f"| station RMSE ({len(scene.stations)} stations) | {float(overall['rmse']):.4g} |",
-        f"| station KGE | {float(overall['kge']):.3f} |",
-        "",
-        "![maps](maps.png)",
-        "",
+        f"{scene.coarse.sizes['y']} x {scene.coarse.sizes['x']} coarse cells downscaled {factor}x.",
+        f"Model: `{model!r}`" + (f"; trend chosen by spatial cross-validation: **{chosen}**" if chosen is not None else ""),
+        f"RMSE against the fine truth: downscaled {rmse_fine:.4g} {units}, bilinear interpolation "
+        f"{rmse_bilinear:.4g} {units} (ratio {rmse_fine / rmse_bilinear:.3f}).",
+        f"Coherence error (max relative difference of block means from the coarse input): {coherence:.2e}.",
+        f"Share of truth pixels inside the nominal 90% interval: {coverage:.1%}.",
+        "Maps of the coarse input, the downscaled field, the truth and the uncertainty: ![maps](maps.png)",
     ]
-    report_path = output / "report.md"
-    _write_text_atomic(report_path, "\n".join(report))
+    cv_results = getattr(model, "cv_results_", None)
+    if cv_results is not None:
+        notes.append("Trend candidates compared by spatial cross-validation:\n\n" + report_module.markdown_table(cv_results, index=False))
+    report_path = report_module.write_report(
+        output,
+        fine,
+        scene.stations,
+        std=std,
+        aoa=None if applicability is None else applicability[1],
+        dissimilarity=None if applicability is None else applicability[0],
+        coarse=scene.coarse,
+        truth=truth,
+        shap=shap,
+        title=f"downscale demo: {args.variable}",
+        notes=notes,
+    )
     step(f"RMSE against truth: downscaled {rmse_fine:.4g} vs bilinear {rmse_bilinear:.4g} "
          f"({rmse_fine / rmse_bilinear:.2f}x); coherence error {coherence:.1e}; 90% interval coverage {coverage:.0%}")
     print(f"\nWrote:\n  {fine_path}\n  {maps_path}\n  {report_path}")
     return 0
-
-
-def _write_text_atomic(path, text):
-    import os
-    import tempfile
-
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
 
 
 if __name__ == "__main__":  # pragma: no cover
