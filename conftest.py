@@ -9,6 +9,10 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
+# The cell sources in tutorials/_cells/ are the notebooks' text, not modules:
+# only the generated notebooks are run.
+collect_ignore_glob = ["tutorials/_cells/*", "tutorials/_make_notebooks.py"]
+
 
 @pytest.fixture(autouse=True)
 def _close_figures():
