@@ -141,7 +141,21 @@ def child(config_path):
     with xr.open_dataset(results[0].item.output) as data:
         pixels = data.sizes["y"] * data.sizes["x"] * len(results)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB -> MB on Linux
+    # ru_maxrss can carry the parent's peak over fork + exec; VmHWM is this process's own high-water mark.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     print(json.dumps({"seconds": seconds, "pixels": pixels, "peak_mb": peak, "failed": failed}))
+
+
+def make_inputs_elsewhere(folder, n_coarse, n_times):
+    """Make the inputs in a subprocess, so this process stays small for the children it starts."""
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_run; "
+    code += f"bench_run.make_inputs({str(folder)!r}, {n_coarse}, {n_times})"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def measure(folder, workers, tile):
@@ -165,7 +179,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
-        make_inputs(base, n_coarse, n_times)
+        make_inputs_elsewhere(base, n_coarse, n_times)
         for workers in (1, 2):
             rows.append(
                 (
@@ -175,7 +189,7 @@ def main():
                 )
             )
         big = Path(tmp) / "big"
-        make_inputs(big, 2 * n_coarse, big_times)
+        make_inputs_elsewhere(big, 2 * n_coarse, big_times)
         rows.append(
             (
                 f"{2 * n_coarse}x{2 * n_coarse} -> {2 * n_coarse * FACTOR}^2 (4x area), {big_times} steps",

@@ -21,6 +21,7 @@ flow decelerates or converges).
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xarray as xr
@@ -259,10 +260,16 @@ class _Derivatives:
             raise ValueError(f"method must be 'horn' or 'central', got {method!r}.")
         self.dem = dem
         self.z = np.asarray(dem.values, dtype=np.float64)
-        self.nan = np.isnan(self.z)
         self.method = method
         self.step_north, self.step_east = _steps_metres(dem)
         self._cache = {}
+
+    @property
+    def nan(self):
+        """Where the DEM is missing."""
+        if "nan" not in self._cache:
+            self._cache["nan"] = np.isnan(self.z)
+        return self._cache["nan"]
 
     def _x(self):
         if "x" not in self._cache:
@@ -544,8 +551,9 @@ def _offset(z):
 
 
 def _summed_area(z, kernels):
+    """Offset and summed-area tables of ``z``; the count table is only built when ``z`` has gaps."""
     offset = _offset(z)
-    return (offset, *kernels["integral"](z, offset))
+    return (offset, *kernels["integral"](z, offset, bool(np.isnan(z).any())))
 
 
 def tpi(dem, radius: float, _tables=None) -> xr.DataArray:
@@ -635,6 +643,20 @@ def _flow_kernels():
     return _kernels.route, _kernels.accumulate
 
 
+def _row_cell_area(dem):
+    """Area (m2) of the cells of every row, a 1-D array: :func:`downscale.grid.cell_area` of one column."""
+    column = dem.isel(x=slice(0, 2)) if dem.sizes["x"] >= 2 else dem
+    return np.ascontiguousarray(grid_module.cell_area(column).values[:, 0], dtype=np.float64)
+
+
+def _contributing_area(z, row_area):
+    """Flat array of the upslope area of every cell (NaN on missing cells), from the compiled kernels."""
+    from . import _kernels
+
+    receiver, order = _kernels.route(z)
+    return _kernels.accumulate_rows(row_area, receiver, order, z.shape[1])
+
+
 def flow_accumulation(dem) -> xr.DataArray:
     """Upslope contributing area (m2) of every cell by D8 routing with depressions breached.
 
@@ -656,16 +678,13 @@ def flow_accumulation(dem) -> xr.DataArray:
     [400.0, 300.0, 200.0, 100.0, 100.0]
     """
     dem = check_dem(dem)
+    _flow_kernels()  # says how to install numba when it is missing
     z = np.ascontiguousarray(dem.values, dtype=np.float64)
-    route, accumulate = _flow_kernels()
-    receiver, order = route(z)
-    area = grid_module.cell_area(dem).values.ravel().astype(np.float64)
-    total = accumulate(area, receiver, order).reshape(z.shape)
-    total[np.isnan(z)] = np.nan
+    total = _contributing_area(z, _row_cell_area(dem)).reshape(z.shape)
     return _wrap(total, dem, "flow_accumulation", "upslope contributing area (D8)", "m2")
 
 
-def twi(dem, method: str = "horn") -> xr.DataArray:
+def twi(dem, method: str = "horn", _area=None) -> xr.DataArray:
     """Topographic wetness index ``ln(a / tan(slope))`` (Beven and Kirkby 1979).
 
     ``a`` is the specific catchment area: the upslope contributing area
@@ -674,10 +693,13 @@ def twi(dem, method: str = "horn") -> xr.DataArray:
     finite value. High in valley floors and hollows, low on ridges.
     """
     d = _as_derivatives(dem, method)
-    area = flow_accumulation(d.dem).values
-    cell_width = np.sqrt(grid_module.cell_area(d.dem).values)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values = np.log(area / cell_width / np.maximum(d.tan_slope, MIN_TAN_SLOPE))
+    _flow_kernels()  # says how to install numba when it is missing
+    from . import _kernels
+
+    row_area = _row_cell_area(d.dem)
+    # dem_features passes the contributing area, computed in a thread next to the other features.
+    area = _area if _area is not None else _contributing_area(np.ascontiguousarray(d.z), row_area)
+    values = _kernels.wetness(area, np.sqrt(row_area), np.ascontiguousarray(d.tan_slope), MIN_TAN_SLOPE)
     return _wrap(values, d.dem, "twi", "topographic wetness index ln(a / tan(slope)), a in m", "1")
 
 
@@ -849,6 +871,27 @@ def dem_features(
     if "solar" in features and solar_time is None:
         raise ValueError("The 'solar' feature needs a time: pass solar_time='2024-06-21T10:30' (UTC).")
     d = _Derivatives(dem, method=method)
+    routing = area = None
+    if "twi" in features:
+        _flow_kernels()  # says how to install numba when it is missing
+        # The flow routing is sequential and releases the GIL: run it in a thread while the
+        # (parallel) kernels of the other features use the remaining cores.
+        routing = ThreadPoolExecutor(max_workers=1)
+        area = routing.submit(_contributing_area, np.ascontiguousarray(d.z), _row_cell_area(dem))
+    try:
+        out = _all_features(dem, d, features, tpi_radii, solar_time, area)
+    finally:
+        if routing is not None:
+            routing.shutdown(wait=True)
+    result = xr.Dataset(out)
+    if "spatial_ref" in result.coords:  # every feature carries the DEM's grid mapping already
+        return result
+    crs = grid_module.get_crs(dem)
+    return grid_module.set_crs(result, crs)
+
+
+def _all_features(dem, d, features, tpi_radii, solar_time, area):
+    """The features of ``dem_features`` in the order asked; ``area`` is a future of the flow area."""
     out = {}
     curvatures = None
     for feature in features:
@@ -877,11 +920,7 @@ def dem_features(
         elif feature == "roughness":
             out["roughness"] = roughness(dem)
         elif feature == "twi":
-            out["twi"] = twi(d)
+            out["twi"] = twi(d, _area=area.result())
         elif feature == "solar":
             out["solar_illumination"] = solar_illumination(d, solar_time)
-    result = xr.Dataset(out)
-    if "spatial_ref" in result.coords:  # every feature carries the DEM's grid mapping already
-        return result
-    crs = grid_module.get_crs(dem)
-    return grid_module.set_crs(result, crs)
+    return out
