@@ -24,6 +24,41 @@ writes a netCDF file, maps and a short report you can open.
 """
 
 
+RUN_DESCRIPTION = """\
+Downscale every time step of a series of coarse netCDF files, as set out in a
+YAML configuration, and write one netCDF file per time step.
+
+The configuration has the sections inputs (files, variable, time range),
+covariates (DEM, NDVI, mask), model (a Downscaler fitted on every step, or a
+UNet trained once on the series, or a saved model), outputs (directory, file
+pattern, variables mean / std / aoa), validation (stations, optional) and dask.
+data/example.yaml is a commented example; start from a copy of it.
+"""
+
+RUN_EPILOG = """\
+what it writes, in outputs.directory:
+  one netCDF file per time step   written to a temporary file and renamed when
+                                  complete, so a file there is never half done
+  run.log                         every step, failure and the summary table
+  model.json or model.pt          the model used (give it as model.path to reuse)
+  covariates.nc                   the fine covariates, reused by the next run
+  station_scores.csv              when validation.stations is set
+
+resuming: run the same command again. Complete outputs are checked and
+skipped; missing, partial or stale ones (another model) are redone. Ctrl-C or
+a SIGTERM stops the run without leaving a half-written file.
+
+exit codes: 0 all steps done, 1 some steps failed (a bad or all-NaN input file;
+see the table and run.log, the others are done), 2 the configuration or the
+output directory is wrong (nothing done), 130 interrupted.
+
+examples:
+  downscale run data/example.yaml --dry-run
+  downscale run data/example.yaml
+  downscale run data/example.yaml --workers 2
+"""
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="downscale", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -57,13 +92,33 @@ def _parser():
     run = commands.add_parser(
         "run",
         help="operational run over netCDF time series from a YAML configuration",
-        description="Fit or load a model and downscale every time step of the configured inputs, "
-        "in tiles through dask. Outputs are written atomically; a rerun skips finished files.",
+        description=RUN_DESCRIPTION,
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("config", help="YAML configuration file (paths in it are relative to it)")
-    run.add_argument("--dry-run", action="store_true", help="check the configuration and list the work, do nothing")
-    run.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler to use")
-    run.add_argument("--workers", type=int, default=None, help="number of local dask workers (default: from config)")
+    run.add_argument(
+        "config", metavar="CONFIG.yaml", help="the run configuration (paths in it are relative to it)"
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the configuration, list every time step and its output, write nothing",
+    )
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="compute on a running dask.distributed scheduler, e.g. tcp://10.0.0.5:8786 "
+        "(overrides dask.scheduler)",
+    )
+    run.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        default=None,
+        help="compute on a local dask.distributed cluster of N workers, each with dask.threads threads "
+        "(overrides dask.workers)",
+    )
 
     validate = commands.add_parser(
         "validate",
@@ -95,7 +150,9 @@ def main(argv=None) -> int:
         if args.command == "run":
             from .run import run_command
 
-            return run_command(args.config, dry_run=args.dry_run, scheduler=args.scheduler, workers=args.workers)
+            return run_command(
+                args.config, dry_run=args.dry_run, scheduler=args.scheduler, workers=args.workers
+            )
         if args.command == "validate":
             from .validation.report import validate_command
 

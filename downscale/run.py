@@ -1,8 +1,31 @@
 """Operational runs: a YAML configuration, a resumable time loop, and tiled processing through dask.
 
 ``downscale run CONFIG.yaml`` reads a configuration (see :func:`load_config`),
-fits a :class:`~downscale.Downscaler` on every time step of the coarse input
-files and writes one netCDF file per time step.
+downscales every time step of the coarse input files and writes one netCDF
+file per time step.
+
+The model
+---------
+``model.type: downscaler`` (the default): a :class:`~downscale.Downscaler`
+with ``model.parameters`` is fitted on every time step, in tiles (below).
+Since nothing fitted carries over from one step to the next, its "saved
+model" is its parameter set: ``model.path`` names a JSON (or YAML) file of
+parameters, as written by :func:`save_model_parameters`; every run writes the
+one it used to ``<outputs.directory>/model.json``.
+
+``model.type: unet``: a :class:`~downscale.models.UNetDownscaler` with
+``model.parameters`` is trained once, by the Wald protocol, on all readable
+time steps of the run, saved to ``<outputs.directory>/model.pt`` and applied
+to every step. A rerun of the same configuration reuses that file (a resumed
+run goes on with the same network); delete it to train again.
+``model.path`` names a UNet saved by ``UNetDownscaler.save`` instead (the
+type is read from the ``.pt`` suffix). The UNet predicts each step on the
+whole fine grid, not in tiles: its memory grows with the domain. Its ``std``
+is the spread of Monte-Carlo dropout samples, and it has no ``aoa``.
+
+Every output records the model that made it (attribute ``downscale_model``:
+the Downscaler's parameters or the digest of the UNet file); an output made by
+another model counts as stale and is redone.
 
 Why tiles
 ---------
@@ -73,6 +96,7 @@ __all__ = [
     "plan_work",
     "run",
     "run_command",
+    "save_model_parameters",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +105,8 @@ logger = logging.getLogger(__name__)
 OUTPUT_VARIABLES = ("mean", "std", "aoa")
 #: Global attribute written last into every finished output.
 COMPLETE_ATTRIBUTE = "downscale_complete"
+#: Global attribute naming the model that made an output (see :func:`is_complete`).
+MODEL_ATTRIBUTE = "downscale_model"
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
@@ -117,10 +143,17 @@ class CovariatesConfig:
 
 @dataclass
 class ModelConfig:
-    """The model: ``type: downscaler`` with the :class:`~downscale.Downscaler` parameters."""
+    """The model: its ``type`` and either new ``parameters`` or the ``path`` of a saved model.
+
+    ``type: downscaler``: a :class:`~downscale.Downscaler` fitted on every time step; ``path`` is a
+    saved parameter set (JSON or YAML, see :func:`save_model_parameters`). ``type: unet``: a
+    :class:`~downscale.models.UNetDownscaler` trained once on the run's series by the Wald protocol,
+    or loaded from ``path`` (a file written by ``UNetDownscaler.save``).
+    """
 
     type: str = "downscaler"
     parameters: dict = field(default_factory=dict)
+    path: Path | None = None
 
 
 @dataclass
@@ -183,7 +216,7 @@ _SCHEMA = {
         "features": ("list", False),
         "tpi_radii": ("list", False),
     },
-    "model": {"type": ("str", False), "parameters": ("dict", False)},
+    "model": {"type": ("str", False), "parameters": ("dict", False), "path": ("existing", False)},
     "outputs": {
         "directory": ("path", True),
         "pattern": ("str", False),
@@ -360,13 +393,7 @@ def load_config(path) -> RunConfig:
             f"{source}: 'covariates' needs a 'dem' (GeoTIFF or netCDF), an 'ndvi' or a ready 'stack' "
             f"(netCDF of fine covariates); they define the fine grid."
         )
-    model = ModelConfig(**parsed["model"])
-    if model.type != "downscaler":
-        raise ConfigError(
-            f"{source}: 'model.type' must be 'downscaler', got {model.type!r}. (UNet models are not run by "
-            f"`downscale run` yet; use downscale.models.UNetDownscaler from Python.)"
-        )
-    _check_parameters(model.parameters, source)
+    model = _check_model(ModelConfig(**parsed["model"]), "type" in parsed["model"], source)
 
     outputs = OutputsConfig(**parsed["outputs"])
     unknown = [v for v in outputs.variables if v not in OUTPUT_VARIABLES]
@@ -374,6 +401,16 @@ def load_config(path) -> RunConfig:
         raise ConfigError(
             f"{source}: 'outputs.variables' must list 'mean' and optionally 'std' and 'aoa', got "
             f"{outputs.variables}." + (_closest(unknown[0], OUTPUT_VARIABLES) if unknown else "")
+        )
+    if model.type == "unet" and "aoa" in outputs.variables:
+        raise ConfigError(
+            f"{source}: 'outputs.variables' lists 'aoa', the area of applicability of a Downscaler's trend; "
+            f"a UNet model has none. Remove 'aoa' from 'outputs.variables' or use model.type: downscaler."
+        )
+    if model.type == "unet" and "std" in outputs.variables and _unet_dropout(model) == 0:
+        raise ConfigError(
+            f"{source}: 'outputs.variables' lists 'std', which a UNet estimates by Monte-Carlo dropout, but "
+            f"its dropout is 0. Set model.parameters.dropout > 0 (e.g. 0.1) or remove 'std'."
         )
     if not 0 <= outputs.compression <= 9:
         raise ConfigError(
@@ -406,22 +443,201 @@ def load_config(path) -> RunConfig:
     )
 
 
-def _check_parameters(parameters, source):
+MODEL_TYPES = ("downscaler", "unet")
+#: Format tag of a saved Downscaler parameter set (see :func:`save_model_parameters`).
+PARAMETERS_FORMAT = "downscale.Downscaler"
+#: Where a run keeps the model it used, in the output directory.
+SAVED_MODEL = {"downscaler": "model.json", "unet": "model.pt"}
+_UNET_SUFFIXES = (".pt", ".pth")
+
+
+def _check_model(model, type_given, source):
+    """Validate the ``model`` section: the type, then its parameters or its saved file."""
+    if model.path is not None and not type_given:
+        # A saved file says what it is; the default type would be wrong for UNet weights.
+        model.type = "unet" if model.path.suffix.lower() in _UNET_SUFFIXES else "downscaler"
+    if model.type not in MODEL_TYPES:
+        raise ConfigError(
+            f"{source}: 'model.type' must be 'downscaler' or 'unet', got {model.type!r}."
+            f"{_closest(model.type, MODEL_TYPES)}"
+        )
+    if model.path is not None and model.parameters:
+        raise ConfigError(
+            f"{source}: 'model' has both 'parameters' (train a new model) and 'path' (a saved model, "
+            f"{model.path.name}); keep one of them."
+        )
+    if model.type == "downscaler":
+        if model.path is not None:
+            model.parameters = _read_parameters(model.path, source)
+        _check_parameters(model.parameters, source, saved=model.path)
+    else:
+        _check_unet(model, source)
+    return model
+
+
+def _read_parameters(path, source):
+    """The Downscaler parameters of a saved parameter set (JSON or YAML)."""
+    import yaml
+
+    if path.suffix.lower() in _UNET_SUFFIXES:
+        raise ConfigError(
+            f"{source}: 'model.path' names {path.name}, UNet weights, but 'model.type' is 'downscaler'. "
+            f"Set model.type: unet, or give a Downscaler parameter file (.json)."
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(
+            f"{source}: 'model.path' ({path.name}) is not a Downscaler parameter file (JSON or YAML): "
+            f"{str(error).splitlines()[0]}. Write one with downscale.run.save_model_parameters."
+        ) from None
+    if isinstance(data, dict) and "format" in data:
+        if data.get("format") != PARAMETERS_FORMAT or not isinstance(data.get("parameters"), dict):
+            raise ConfigError(
+                f"{source}: 'model.path' ({path.name}) has format {data.get('format')!r}, not "
+                f"{PARAMETERS_FORMAT!r} with a 'parameters' mapping. Write one with "
+                f"downscale.run.save_model_parameters."
+            )
+        data = data["parameters"]
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: 'model.path' ({path.name}) must hold a mapping of Downscaler parameters "
+            f'(e.g. {{"trend": "linear"}}), got {type(data).__name__}.'
+        )
+    return data
+
+
+def _check_parameters(parameters, source, saved=None):
+    """Check Downscaler parameters; ``saved`` is the parameter file they come from, if any."""
     from .downscaler import Downscaler
+
+    def where(key=None):
+        name = "model.parameters" + ("" if key is None else f".{key}")
+        return f"'{name}'" if saved is None else f"'{key or 'parameters'}' in 'model.path' ({saved.name})"
 
     valid = list(Downscaler().get_params(deep=False))
     for key in parameters:
         if key not in valid:
-            raise ConfigError(f"{source}: unknown key 'model.parameters.{key}'.{_closest(key, valid)}")
+            raise ConfigError(f"{source}: unknown key {where(key)}.{_closest(key, valid)}")
+    if parameters.get("trend") == "auto":
+        raise ConfigError(
+            f"{source}: {where('trend')} 'auto' is not run by `downscale run` yet (its selection by "
+            f"cross-validation is not tiled). Choose one of linear, rf, lightgbm or none, e.g. the one "
+            f"Downscaler(trend='auto').fit(...).selected_trend_ picks on a few steps."
+        )
     if parameters.get("temporal", "per_step") != "per_step":
         raise ConfigError(
-            f"{source}: 'model.parameters.temporal' must be 'per_step' in a run (one fit per time step), "
+            f"{source}: {where('temporal')} must be 'per_step' in a run (one fit per time step), "
             f"got {parameters['temporal']!r}."
         )
     try:
         Downscaler(**parameters)._check_parameters()
     except (ValueError, TypeError) as error:
+        raise ConfigError(f"{source}: {where()}: {error}") from None
+
+
+def _unet_class(source):
+    try:
+        from .models.unet import UNetDownscaler
+
+        UNetDownscaler()
+    except ImportError as error:
+        raise ConfigError(f"{source}: 'model.type' is 'unet', which needs PyTorch. {error}") from None
+    return UNetDownscaler
+
+
+def _check_unet(model, source):
+    UNetDownscaler = _unet_class(source)
+    if model.path is not None:
+        if model.path.suffix.lower() not in _UNET_SUFFIXES:
+            raise ConfigError(
+                f"{source}: 'model.path' names {model.path.name}, but a UNet is saved as a .pt file "
+                f"(UNetDownscaler.save). Give that file, or set model.type: downscaler for a parameter file."
+            )
+        _load_unet(model.path, source)
+        return
+    valid = list(UNetDownscaler().get_params())
+    for key in model.parameters:
+        if key not in valid:
+            raise ConfigError(f"{source}: unknown key 'model.parameters.{key}'.{_closest(key, valid)}")
+    mode = model.parameters.get("mode", "wald")
+    if mode != "wald":
+        raise ConfigError(
+            f"{source}: 'model.parameters.mode' must be 'wald' in a run, got {mode!r}: a run has no fine "
+            f"truth to train on. Train a supervised UNet in Python, save it, and give it as 'model.path'."
+        )
+    try:
+        UNetDownscaler(**model.parameters)
+    except (ValueError, TypeError) as error:
         raise ConfigError(f"{source}: 'model.parameters': {error}") from None
+
+
+def _load_unet(path, source=None):
+    from .models.unet import UNetDownscaler
+
+    try:
+        return UNetDownscaler.load(path)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds on a foreign file
+        where = f"{source}: " if source else ""
+        raise ConfigError(
+            f"{where}'model.path' ({Path(path).name}) cannot be loaded as a UNet "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__}). Give a file written by "
+            f"UNetDownscaler.save, or train one with 'model.parameters'."
+        ) from None
+
+
+def _unet_dropout(model):
+    if model.path is not None:
+        return _load_unet(model.path).get_params()["dropout"]
+    return model.parameters.get("dropout", 0.1)
+
+
+def save_model_parameters(model, path):
+    """Save a :class:`~downscale.Downscaler`'s parameters as the JSON file that ``model.path`` reads.
+
+    A run fits the Downscaler afresh on every time step, so what carries over from one run (or
+    from a study in Python) to another is its parameter set, not fitted state: this file. Every
+    ``downscale run`` with ``model.type: downscaler`` writes one, ``model.json``, in its output
+    directory.
+
+    Parameters
+    ----------
+    model : Downscaler or dict
+        The estimator (its ``get_params(deep=False)``) or a mapping of its parameters.
+    path : str or Path
+        The ``.json`` file to write.
+
+    Returns
+    -------
+    Path
+
+    Examples
+    --------
+    >>> import json, pathlib, tempfile
+    >>> import downscale as ds
+    >>> path = save_model_parameters(ds.Downscaler(trend="linear"), pathlib.Path(tempfile.mkdtemp()) / "m.json")
+    >>> saved = json.loads(path.read_text())
+    >>> saved["format"], saved["parameters"]["trend"]
+    ('downscale.Downscaler', 'linear')
+    """
+    import json
+
+    parameters = dict(model.get_params(deep=False) if hasattr(model, "get_params") else model)
+    for key, value in parameters.items():
+        if isinstance(value, tuple):
+            parameters[key] = list(value)
+        elif not (value is None or isinstance(value, (str, bool, int, float, list))):
+            raise ValueError(
+                f"The parameter {key}={value!r} is not a plain value and cannot be saved to JSON; a saved "
+                f"parameter set takes names only (e.g. trend='lightgbm' instead of a regressor object)."
+            )
+    path = Path(path)
+    text = json.dumps({"format": PARAMETERS_FORMAT, "version": 1, "parameters": parameters}, indent=2)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    with os.fdopen(handle, "w") as file:
+        file.write(text + "\n")
+    _publish(temporary, path)
+    return path
 
 
 def _output_name(pattern, variable, time, stem, index):
@@ -452,12 +668,20 @@ class StepResult:
     message: str = ""
 
 
+class _MissingVariable(ValueError):
+    """An input file without the configured variable (a wrong ``inputs.variable`` if no file has it)."""
+
+    def __init__(self, variable, names):
+        super().__init__(f"has no variable {variable!r} (it has {names}); set inputs.variable.")
+        self.names = names
+
+
 def _open_coarse(path, variable):
     data = xr.open_dataset(path, decode_coords="all")
     if variable not in data.data_vars:
         names = sorted(data.data_vars)
         data.close()
-        raise ValueError(f"has no variable {variable!r} (it has {names}); set inputs.variable.")
+        raise _MissingVariable(variable, names)
     return data
 
 
@@ -468,6 +692,7 @@ def plan_work(config: RunConfig) -> list:
     """
     items = []
     seen = {}
+    missing = []  # the variables of files without inputs.variable (None: unreadable for another reason)
     for path in config.inputs.paths:
         try:
             with _open_coarse(path, config.inputs.variable) as data:
@@ -478,6 +703,7 @@ def plan_work(config: RunConfig) -> list:
                     times = [pd.Timestamp(variable["time"].values) if "time" in variable.coords else None]
         except Exception as error:  # noqa: BLE001 - any unreadable file is reported and skipped
             items.append(WorkItem(path, None, None, config.outputs.directory / f"{path.stem}.nc", f"{error}"))
+            missing.append(error.names if isinstance(error, _MissingVariable) else None)
             continue
         for index, time in enumerate(times):
             if time is not None and (
@@ -494,6 +720,12 @@ def plan_work(config: RunConfig) -> list:
                 )
             seen[output] = f"{path.name}[{index}]"
             items.append(WorkItem(path, index if "time" in variable.dims else None, time, output))
+    if missing and len(missing) == len(config.inputs.paths) and all(m is not None for m in missing):
+        names = sorted({name for m in missing for name in m})
+        raise ConfigError(
+            f"{config.path}: 'inputs.variable' is {config.inputs.variable!r}, which none of the "
+            f"{len(missing)} input file(s) has (they have {names}).{_closest(config.inputs.variable, names)}"
+        )
     return items
 
 
@@ -635,6 +867,13 @@ def _fit_tiled(model, coarse, X, mask, tile):
     transform = make_transform(model.transform, bounds)
     model.feature_names_ = variables
     model.n_features_in_ = len(variables)
+    # What Downscaler.fit records for a trend given by name (every covariate used, full weight).
+    model.feature_names_in_ = np.asarray(variables, dtype=object)
+    model.features_used_ = list(variables)
+    model.trend_spec_ = model.trend
+    model.selected_trend_ = model.trend if isinstance(model.trend, str) else type(model.trend).__name__
+    model.trend_weight_ = 1.0
+    model.cv_results_ = None
     model.factor_ = factor
     model.bounds_ = bounds
     model.transform_ = transform
@@ -1074,14 +1313,19 @@ def _write_atomic(dataset, path, compression=4, attrs=None, chunk=None, tiles=No
             _fill_tiles(temporary, names, ["time" in dataset[n].dims for n in names], tiles)
         with netCDF4.Dataset(temporary, "a") as nc:
             nc.setncattr(COMPLETE_ATTRIBUTE, 1)  # written last: a file without it is not finished
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes private files; outputs get the usual mode
-        os.replace(temporary, path)
+        _publish(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def _publish(temporary, path):
+    """Move a finished temporary file into place (atomic), with the usual file mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes private files; outputs get the usual mode
+    os.replace(temporary, path)
 
 
 def _in_flight():
@@ -1122,8 +1366,13 @@ def _fill_tiles(path, names, has_time, tiles):
             del values
 
 
-def is_complete(path, variables, shape, time=None) -> bool:
-    """True when ``path`` is a finished output: readable, the variables, the grid ``shape``, the time, marked complete.
+def is_complete(path, variables, shape, time=None, model=None) -> bool:
+    """True when ``path`` is a finished output of this run.
+
+    Checked, not assumed: the file opens, it carries the completion mark written last, the
+    ``variables``, the fine grid ``shape``, the ``time`` and, when given, the ``model``
+    identity (the ``downscale_model`` attribute: the Downscaler's parameters or the UNet file's
+    digest), so outputs of another model are redone.
 
     Examples
     --------
@@ -1136,6 +1385,8 @@ def is_complete(path, variables, shape, time=None) -> bool:
     try:
         with xr.open_dataset(path) as data:
             if data.attrs.get(COMPLETE_ATTRIBUTE) != 1:
+                return False
+            if model is not None and data.attrs.get(MODEL_ATTRIBUTE) != model:
                 return False
             if any(v not in data.data_vars for v in variables):
                 return False
@@ -1230,42 +1481,241 @@ def _read_step(item, variable):
     return field
 
 
-def _process(item, config, X, mask):
+def _process(item, config, X, mask, model):
     variable = config.inputs.variable
     coarse = _read_step(item, variable)
     coarse = coarse.drop_vars([c for c in coarse.coords if c not in ("y", "x", "spatial_ref")])
     X_step = _covariates_at(X, item.time)
     try:
-        grid_module.nesting_factor(coarse, X_step)
+        factor = grid_module.nesting_factor(coarse, X_step)
     except ValueError as error:
         raise ValueError(
             f"{item.source.name}: the coarse grid does not nest in the covariates' fine grid ({error}). "
             f"Bring the inputs onto one nested grid first (downscale.align)."
         ) from None
-    result, tasks = _step_tiles(
-        coarse.rename(variable),
-        X_step,
-        config.model.parameters,
-        mask=mask,
-        tile=config.outputs.tile,
-        variables=config.outputs.variables,
-    )
+    if model.estimator is None:
+        result, tasks = _step_tiles(
+            coarse.rename(variable),
+            X_step,
+            config.model.parameters,
+            mask=mask,
+            tile=config.outputs.tile,
+            variables=config.outputs.variables,
+        )
+    else:
+        result, tasks = _unet_step(model.estimator, coarse.rename(variable), X_step, mask, config), None
     if item.time is not None:
         result = result.expand_dims(time=[np.datetime64(item.time, "ns")])
     attrs = {
         "Conventions": "CF-1.8",
         "source": f"{item.source.name}" + (f"[{item.index}]" if item.index is not None else ""),
         "history": f"{pd.Timestamp.now(tz='UTC'):%Y-%m-%dT%H:%M:%SZ} downscale run {config.path}",
-        "downscale_parameters": repr(dict(config.model.parameters)),
+        MODEL_ATTRIBUTE: model.identity,
     }
+    if model.estimator is None:
+        attrs["downscale_parameters"] = repr(dict(config.model.parameters))
     _write_atomic(
         result,
         item.output,
         compression=config.outputs.compression,
         attrs=attrs,
-        chunk=config.outputs.tile * grid_module.nesting_factor(coarse, X_step),
+        chunk=config.outputs.tile * factor,
         tiles=tasks,
     )
+
+
+def _unet_step(estimator, coarse, X, mask, config):
+    """One time step through a fitted UNet, on the whole fine grid (the network is not tiled).
+
+    The mean is the deterministic prediction (dropout off), the same whether or not ``std``
+    is asked for; ``std`` is the spread of the Monte-Carlo dropout samples.
+    """
+    X = X[estimator.covariate_names_].load()
+    coarse = coarse.astype(np.float64)
+    fine = estimator.predict(X, coarse=coarse, mask=mask)
+    name = coarse.name
+    out = xr.Dataset(coords={"y": X["y"].values, "x": X["x"].values})
+    attrs = {k: v for k, v in coarse.attrs.items() if k not in ("cell_methods", "grid_mapping")}
+    attrs["downscale_method"] = fine.attrs.get("downscaling_method", "UNetDownscaler")
+    out[name] = (("y", "x"), np.asarray(fine.values, dtype=np.float64), attrs)
+    if "std" in config.outputs.variables:
+        _, std = estimator.predict(X, return_std=True, coarse=coarse, mask=mask)
+        std_attrs = {
+            "long_name": f"standard deviation of the downscaled {coarse.attrs.get('long_name', name)} "
+            f"(Monte-Carlo dropout)",
+            "downscale_method": attrs["downscale_method"],
+        }
+        if "units" in coarse.attrs:
+            std_attrs["units"] = coarse.attrs["units"]
+        out[f"{name}_std"] = (("y", "x"), np.asarray(std.values, dtype=np.float64), std_attrs)
+    for axis in ("y", "x"):
+        out[axis].attrs.update(X[axis].attrs)
+    crs = grid_module.get_crs(X) or grid_module.get_crs(coarse)
+    if crs is not None:
+        out = grid_module.set_crs(out, crs)
+        for variable in out.data_vars.values():
+            variable.attrs["grid_mapping"] = "spatial_ref"
+    return out
+
+
+# ================================================================== the model
+
+
+@dataclass
+class RunModel:
+    """The model of a run: ``estimator`` (a fitted UNet, or None: a Downscaler fitted per step) and its identity."""
+
+    estimator: object
+    identity: str
+    description: str
+
+
+def _file_digest(path):
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _downscaler_identity(parameters):
+    """All the Downscaler's parameters (defaults included), so equal models have equal identities."""
+    import json
+
+    from .downscaler import Downscaler
+
+    full = Downscaler(**dict(parameters)).get_params(deep=False)
+    full = {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}
+    return "Downscaler " + json.dumps(full, sort_keys=True, default=repr)
+
+
+def _unet_key(config, X):
+    """What a trained UNet depends on: its parameters, the covariates, the mask, the time range."""
+    import json
+
+    return json.dumps(
+        {
+            "parameters": _unet_parameters(config),
+            "covariates": _covariate_key(config),
+            "names": sorted(X.data_vars),
+            "shape": [X.sizes["y"], X.sizes["x"]],
+            "inputs": [
+                config.inputs.files,
+                str(config.inputs.start),
+                str(config.inputs.end),
+                config.inputs.variable,
+            ],
+        },
+        sort_keys=True,
+        default=str,
+    )
+
+
+def _unet_parameters(config):
+    parameters = dict(config.model.parameters)
+    parameters.setdefault("n_threads", int(config.dask.threads))  # torch shares the run's threads
+    return parameters
+
+
+def _prepare_model(config, items, X, mask):
+    """The model of the run: a Downscaler's parameters, a loaded UNet, or a UNet trained once on the series.
+
+    The model used is kept in the output directory (``model.json`` / ``model.pt``); a UNet trained by
+    an earlier run of the same configuration is reused, so a resumed run goes on with the same model.
+    """
+    directory = config.outputs.directory
+    if config.model.type == "downscaler":
+        from .downscaler import Downscaler
+
+        save_model_parameters(Downscaler(**config.model.parameters), directory / SAVED_MODEL["downscaler"])
+        return RunModel(
+            None,
+            _downscaler_identity(config.model.parameters),
+            f"Downscaler {dict(config.model.parameters)} fitted on every time step",
+        )
+    if config.model.path is not None:
+        estimator = _load_unet(config.model.path, str(config.path))
+        description = f"UNetDownscaler loaded from {config.model.path}"
+        digest = _file_digest(config.model.path)
+    else:
+        estimator, description, digest = _trained_unet(config, items, X, mask)
+    _check_unet_covariates(estimator, X, config)
+    return RunModel(estimator, f"UNetDownscaler sha256:{digest}", description)
+
+
+def _trained_unet(config, items, X, mask):
+    target = config.outputs.directory / SAVED_MODEL["unet"]
+    key_file = target.with_suffix(".key")
+    key = _unet_key(config, X)
+    if target.is_file() and key_file.is_file() and key_file.read_text() == key:
+        try:
+            estimator = _load_unet(target)
+        except ConfigError as error:
+            logger.warning("cannot reuse %s (%s); training again", target.name, error)
+        else:
+            logger.info("reusing the UNet trained by an earlier run of this configuration (%s)", target.name)
+            return estimator, f"UNetDownscaler trained earlier, reused from {target}", _file_digest(target)
+    UNetDownscaler = _unet_class(str(config.path))
+    fields = []
+    for item in items:
+        try:
+            field = _read_step(item, config.inputs.variable)
+        except Exception as error:  # noqa: BLE001 - the step reports it when its turn comes
+            logger.warning("not training on %s: %s", _label(item), str(error).splitlines()[0])
+            continue
+        field = field.drop_vars([c for c in field.coords if c not in ("y", "x", "spatial_ref")])
+        stamp = np.datetime64(item.time, "ns") if item.time is not None else np.datetime64(len(fields), "D")
+        fields.append(field.astype(np.float64).expand_dims(time=[stamp]))
+    if not fields:
+        raise ConfigError(
+            f"{config.path}: no readable time step to train the UNet on; fix the inputs or give a trained "
+            f"model as 'model.path'."
+        )
+    coarse = xr.concat(fields, dim="time")
+    X_train = X
+    if "time" in X.dims:
+        X_train = X.sel(time=coarse["time"].values, method="nearest").assign_coords(
+            time=coarse["time"].values
+        )
+    X_train = X_train.load()
+    parameters = _unet_parameters(config)
+    logger.info("training the UNet (Wald protocol) on %d time step(s): %s", len(fields), parameters)
+    start = time_module.perf_counter()
+    try:
+        estimator = UNetDownscaler(**parameters).fit(coarse, X_train, mask=mask)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(
+            f"{config.path}: training the UNet on {len(fields)} time step(s) failed: {error} "
+            f"Change 'model.parameters' accordingly."
+        ) from None
+    del X_train
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(handle)
+    try:
+        estimator.save(temporary)
+        _publish(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    key_file.write_text(key)
+    seconds = time_module.perf_counter() - start
+    epochs = len(getattr(estimator, "history_", []))
+    logger.info("trained the UNet in %.1f s (%d epoch(s)); saved to %s", seconds, epochs, target.name)
+    description = f"UNetDownscaler trained (Wald) on {len(fields)} time step(s), saved to {target}"
+    return estimator, description, _file_digest(target)
+
+
+def _check_unet_covariates(estimator, X, config):
+    names = list(getattr(estimator, "covariate_names_", []))
+    missing = [n for n in names if n not in X.data_vars]
+    if missing:
+        raise ConfigError(
+            f"{config.path}: the UNet of 'model.path' was trained with the covariates {names}; this run's "
+            f"covariates lack {missing} (they are {sorted(X.data_vars)}). Set 'covariates' as when it was "
+            f"trained (features, location, ndvi)."
+        )
 
 
 def _log_handler(directory):
@@ -1298,16 +1748,19 @@ def run(config: RunConfig, scheduler=None, workers=None, progress: bool = False)
         with _dask_context(config, scheduler, workers) as where:
             logger.info("computing with %s", where)
             X, mask = _covariates_for(config, items)
+            model = _prepare_model(config, items, X, mask)
+            logger.info("model: %s", model.description)
             bar = _progress_bar(len(items), progress)
             try:
                 for item in items:
                     start = time_module.perf_counter()
                     try:
                         names = _output_names(config.inputs.variable, config.outputs.variables)
-                        if is_complete(item.output, names, (X.sizes["y"], X.sizes["x"]), item.time):
+                        shape = (X.sizes["y"], X.sizes["x"])
+                        if is_complete(item.output, names, shape, item.time, model.identity):
                             result = StepResult(item, "skipped", 0.0, "complete output exists")
                         else:
-                            _process(item, config, X, mask)
+                            _process(item, config, X, mask, model)
                             result = StepResult(item, "done", time_module.perf_counter() - start)
                     except ConfigError:
                         raise
@@ -1419,6 +1872,31 @@ def _score_stations(config, results):
 def run_command(config_path, dry_run: bool = False, scheduler=None, workers=None) -> int:
     """The ``downscale run`` command: 0 when every step is done, 1 when some failed, 2 on a configuration error."""
     progress = sys.stderr.isatty() and not os.environ.get("CI")
+    with _terminate_as_interrupt():
+        return _run_command(config_path, dry_run, scheduler, workers, progress)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a batch system's time limit, ``kill``) stops the run as Ctrl-C does: no half file."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(config_path, dry_run, scheduler, workers, progress):
     try:
         config = load_config(config_path)
         if workers is not None and workers < 1:
@@ -1447,9 +1925,8 @@ def _dry_run(config):
     print(
         f"  inputs: {len(config.inputs.paths)} file(s), variable '{config.inputs.variable}', {len(items)} time step(s)"
     )
-    print(f"  model: {config.model.type} {config.model.parameters}")
+    print(f"  model: {_model_summary(config, items)}")
     print(f"  outputs: {config.outputs.directory} ({', '.join(config.outputs.variables)})")
-    names = _output_names(config.inputs.variable, config.outputs.variables)
     for item in items:
         if item.error is not None:
             state = f"unreadable: {item.error}"
@@ -1458,5 +1935,18 @@ def _dry_run(config):
         else:
             state = "to do"
         print(f"  {_label(item)}: {state}")
-    del names
     return EXIT_OK
+
+
+def _model_summary(config, items):
+    model = config.model
+    if model.type == "downscaler":
+        source = f" (from {model.path})" if model.path is not None else ""
+        return f"downscaler {model.parameters}{source}, fitted on every time step"
+    if model.path is not None:
+        return f"unet loaded from {model.path}"
+    readable = sum(item.error is None for item in items)
+    return (
+        f"unet {_unet_parameters(config)}, trained once (Wald protocol) on the {readable} readable time step(s), "
+        f"saved to {config.outputs.directory / SAVED_MODEL['unet']}"
+    )

@@ -1,6 +1,9 @@
 """Tests for operational runs: configuration, tiled = in-memory, resume, faults, dask.distributed."""
 
+import os
 import shutil
+import signal
+import sys
 import warnings
 from pathlib import Path
 
@@ -13,21 +16,23 @@ import downscale as ds
 from downscale.cli import main
 from downscale.run import (
     COMPLETE_ATTRIBUTE,
+    MODEL_ATTRIBUTE,
     ConfigError,
     downscale_step,
     is_complete,
     load_config,
+    save_model_parameters,
 )
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 DAYS = [f"202406{d:02d}" for d in range(1, 7)]
 
 
-def make_config(tmp_path, days=3, **changes):
+def make_config(tmp_path, days=3, example="example.yaml", **changes):
     """Copy the example inputs to ``tmp_path`` and write a configuration for the first ``days`` days."""
     if not (tmp_path / "example").exists():
         shutil.copytree(DATA / "example", tmp_path / "example")
-    config = yaml.safe_load((DATA / "example.yaml").read_text())
+    config = yaml.safe_load((DATA / example).read_text())
     config["inputs"]["end"] = f"2024-06-{days:02d}"
     config["validation"] = {}
     config["outputs"]["directory"] = "out"
@@ -37,6 +42,10 @@ def make_config(tmp_path, days=3, **changes):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+#: A UNet small enough for the test suite: a few epochs of a one-level network on one torch thread.
+TINY_UNET = dict(wald_factor=2, tile_size=2, base_channels=4, depth=1, max_epochs=3, n_mc=4, n_threads=1)
 
 
 def read_output(path):
@@ -223,6 +232,23 @@ def test_interrupted_run_resumes_without_redoing_finished_steps(tmp_path, monkey
         assert is_complete(out / f"lst_{day}.nc", ["lst"], (120, 120))
 
 
+def test_sigterm_stops_like_ctrl_c_without_a_half_file(tmp_path, monkeypatch, capsys):
+    config = make_config(tmp_path, days=1)
+    original = xr.Dataset.to_netcdf
+
+    def terminated_while_writing(self, path=None, *args, **kwargs):
+        result = original(self, path, *args, **kwargs)
+        if Path(str(path)).name.startswith(".lst_"):
+            os.kill(os.getpid(), signal.SIGTERM)  # a batch system's time limit
+        return result
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", terminated_while_writing)
+    assert main(["run", str(config)]) == 130
+    assert "Interrupted" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("*lst_*"))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the run's only
+
+
 def test_output_directory_that_is_not_writable(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
@@ -230,6 +256,19 @@ def test_output_directory_that_is_not_writable(tmp_path, capsys):
     assert main(["run", str(config)]) == 2
     err = capsys.readouterr().err
     assert "output directory" in err and "is not writable" in err and "outputs.directory" in err
+
+
+def test_run_help_says_what_a_new_user_needs(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "usage: downscale run [-h] [--dry-run] [--scheduler ADDRESS] [--workers N] CONFIG.yaml" in text
+    assert "data/example.yaml is a commented example" in text
+    for written in ("run.log", "model.json or model.pt", "covariates.nc", "station_scores.csv"):
+        assert written in text
+    assert "resuming: run the same command again" in text
+    assert "exit codes: 0 all steps done, 1 some steps failed" in text and "130 interrupted" in text
 
 
 def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, capsys):
@@ -269,6 +308,10 @@ def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, capsys):
         (lambda c: c["outputs"].update(variables=["mean", "sdt"]), r"Did you mean 'std'\?"),
         (lambda c: c["model"]["parameters"].update(trend="forest"), r"trend must be one of"),
         (lambda c: c["inputs"].update(start="yesterday-ish"), r"'inputs.start' must be a date"),
+        (
+            lambda c: c["model"]["parameters"].update(trend="auto"),
+            r"'model.parameters.trend' 'auto' is not run by `downscale run` yet .*Choose one of linear, rf",
+        ),
     ],
 )
 def test_config_errors_name_the_key_and_the_fix(tmp_path, capsys, edit, match):
@@ -280,6 +323,15 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path, capsys, edit, match):
         load_config(path)
     assert main(["run", str(path)]) == 2
     assert "downscale run: error:" in capsys.readouterr().err
+
+
+def test_a_variable_that_no_input_file_has_is_a_config_error(tmp_path, capsys):
+    path = make_config(tmp_path, inputs__variable="lts")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "'inputs.variable' is 'lts', which none of the 6 input file(s) has (they have ['lst'])." in err
+    assert "Did you mean 'lst'?" in err
+    assert not list((tmp_path / "out").glob("lst_*.nc"))
 
 
 def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
@@ -312,3 +364,200 @@ def test_is_complete_checks_variables_grid_time_and_mark(tmp_path):
     assert not is_complete(path, ["lst"], (4, 5), "2024-06-02")
     data.to_netcdf(path)
     assert not is_complete(path, ["lst"], (4, 5))
+
+
+# ------------------------------------------------------------------------ models
+
+
+def test_saved_downscaler_parameters_run_like_the_inline_ones(tmp_path, capsys):
+    inline = make_config(tmp_path / "a", days=1)
+    assert main(["run", str(inline)]) == 0
+    saved = tmp_path / "a" / "out" / "model.json"  # every run keeps the parameter set it used
+    assert load_config(inline).model.parameters == {"trend": "linear", "residual": "atpk"}
+    written = yaml.safe_load(saved.read_text())
+    assert written["format"] == "downscale.Downscaler"
+    assert written["parameters"] == ds.Downscaler(trend="linear", residual="atpk").get_params(deep=False)
+
+    # A parameter file saved from Python is a model of its own: the type is read from the file.
+    path = save_model_parameters(ds.Downscaler(trend="linear", residual="atpk"), tmp_path / "linear.json")
+    other = make_config(tmp_path / "b", days=1, model__path=str(path))
+    text = yaml.safe_load(other.read_text())
+    text["model"] = {"path": str(path)}
+    other.write_text(yaml.safe_dump(text))
+    config = load_config(other)
+    assert config.model.type == "downscaler" and config.model.parameters["trend"] == "linear"
+    assert main(["run", str(other)]) == 0
+    capsys.readouterr()
+    a = read_output(tmp_path / "a" / "out" / "lst_20240601.nc")
+    b = read_output(tmp_path / "b" / "out" / "lst_20240601.nc")
+    np.testing.assert_array_equal(a["lst"].values, b["lst"].values)
+    assert a.attrs[MODEL_ATTRIBUTE] == b.attrs[MODEL_ATTRIBUTE]  # same model, however it was given
+
+    # Another model makes the existing output stale: it is checked and redone, not kept.
+    text["model"] = {"parameters": {"trend": "none"}}
+    other.write_text(yaml.safe_dump(text))
+    assert main(["run", str(other)]) == 0
+    assert "1 done, 0 skipped (complete), 0 failed" in capsys.readouterr().out
+    assert '"trend": "none"' in read_output(tmp_path / "b" / "out" / "lst_20240601.nc").attrs[MODEL_ATTRIBUTE]
+
+
+def test_unet_is_trained_once_on_the_series_saved_and_reused(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from downscale.models.unet import UNetDownscaler
+
+    config = make_config(tmp_path, days=3, example="example_unet.yaml", model__parameters=TINY_UNET)
+    assert main(["run", str(config)]) == 0
+    assert "3 done, 0 skipped (complete), 0 failed" in capsys.readouterr().out
+    out = tmp_path / "out"
+    log = (out / "run.log").read_text()
+    assert log.count("training the UNet (Wald protocol) on 3 time step(s)") == 1
+
+    # Known truth: each output is the saved model's in-memory prediction of that step.
+    model = UNetDownscaler.load(out / "model.pt")
+    assert model.get_params()["mode"] == "wald" and model.get_params()["max_epochs"] == 3
+    X = xr.open_dataset(out / "covariates.nc", decode_coords="all").load()
+    land = xr.open_dataarray(tmp_path / "example" / "land.tif", engine="rasterio").squeeze("band", drop=True)
+    mask = land.astype(bool).assign_coords(y=X["y"], x=X["x"]).drop_vars("spatial_ref")
+    coarse = xr.open_dataset(tmp_path / "example" / "coarse" / "lst_20240602.nc", decode_coords="all")["lst"]
+    coarse = coarse.isel(time=0, drop=True).astype(np.float64).load()
+    fine = model.predict(X, coarse=coarse, mask=mask)
+    _, std = model.predict(X, return_std=True, coarse=coarse, mask=mask)
+    result = read_output(out / "lst_20240602.nc")
+    np.testing.assert_allclose(result["lst"].values[0], fine.values, rtol=0, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(result["lst_std"].values[0], std.values, rtol=0, atol=1e-12, equal_nan=True)
+    assert np.isnan(result["lst"].values[0][~mask.values]).all()
+    back = ds.grid.block_mean(result["lst"].isel(time=0), 10, min_valid=1e-9)
+    cells = np.isfinite(back.values) & np.isfinite(coarse.values)
+    np.testing.assert_allclose(back.values[cells], coarse.values[cells], rtol=1e-9)  # coherent
+    assert result.attrs[MODEL_ATTRIBUTE].startswith("UNetDownscaler sha256:")
+    assert result["lst"].attrs["units"] == "K" and ds.grid.get_crs(result).to_epsg() == 32632
+
+    # A rerun reuses the trained model (no second training) and skips the checked outputs.
+    assert main(["run", str(config)]) == 0
+    assert "0 done, 3 skipped (complete), 0 failed" in capsys.readouterr().out
+    log = (out / "run.log").read_text()
+    assert log.count("training the UNet") == 1 and "reusing the UNet trained by an earlier run" in log
+
+    # The saved model as `model.path` (type read from the .pt suffix) gives the same outputs.
+    saved = tmp_path / "trained.pt"
+    shutil.copy(out / "model.pt", saved)
+    text = yaml.safe_load(config.read_text())
+    text["model"] = {"path": str(saved)}
+    text["outputs"]["directory"] = "loaded"
+    config.write_text(yaml.safe_dump(text))
+    assert load_config(config).model.type == "unet"
+    assert main(["run", str(config)]) == 0
+    loaded = read_output(tmp_path / "loaded" / "lst_20240602.nc")
+    np.testing.assert_array_equal(loaded["lst"].values, result["lst"].values)
+    np.testing.assert_array_equal(loaded["lst_std"].values, result["lst_std"].values)
+    assert "training" not in (tmp_path / "loaded" / "run.log").read_text()
+
+
+def test_unet_training_that_cannot_be_done_is_a_config_error(tmp_path, capsys):
+    pytest.importorskip("torch")
+    config = make_config(
+        tmp_path, days=1, example="example_unet.yaml", model__parameters=dict(TINY_UNET, tile_size=4)
+    )
+    assert main(["run", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "training the UNet on 1 time step(s) failed: Too few training tiles" in err
+    assert "Change 'model.parameters'" in err
+    assert not list((tmp_path / "out").glob("lst_*.nc")) and not (tmp_path / "out" / "model.pt").exists()
+
+
+def _unet_model(c, **section):
+    c["model"] = section
+    c["outputs"]["variables"] = ["mean", "std"]
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (
+            lambda c: c["model"].update(type="unnet"),
+            r"'model.type' must be 'downscaler' or 'unet', got 'unnet'. Did you mean 'unet'\?",
+        ),
+        (
+            lambda c: c["model"].update(path="example/dem.tif"),
+            r"'model' has both 'parameters' \(train a new model\) and 'path' \(a saved model, dem.tif\); keep one",
+        ),
+        (
+            lambda c: c.update(model={"path": "nope.json"}),
+            r"'model.path' names 'nope.json', which does not exist",
+        ),
+        (
+            lambda c: c.update(model={"path": "example/stations.csv"}),
+            r"'model.path' \(stations.csv\) must hold a mapping of Downscaler parameters",
+        ),
+        (
+            lambda c: c.update(model={"path": "params.json"}),
+            r"unknown key 'trnd' in 'model.path' \(params.json\). Did you mean 'trend'\?",
+        ),
+        (
+            lambda c: c.update(model={"type": "downscaler", "path": "weights.pt"}),
+            r"'model.path' names weights.pt, UNet weights, but 'model.type' is 'downscaler'. Set model.type: unet",
+        ),
+    ],
+)
+def test_model_config_errors_name_the_key_and_the_fix(tmp_path, capsys, edit, match):
+    path = make_config(tmp_path)
+    (tmp_path / "params.json").write_text('{"trnd": "rf"}')
+    (tmp_path / "weights.pt").write_bytes(b"not torch")
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+    assert main(["run", str(path)]) == 2
+    assert "downscale run: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (
+            lambda c: _unet_model(c, type="unet", parameters={"max_epoch": 3}),
+            r"unknown key 'model.parameters.max_epoch'. Did you mean 'max_epochs'\?",
+        ),
+        (
+            lambda c: _unet_model(c, type="unet", parameters={"mode": "supervised"}),
+            r"'model.parameters.mode' must be 'wald' in a run, got 'supervised': a run has no fine truth",
+        ),
+        (
+            lambda c: c.update(model={"type": "unet"}),
+            r"'outputs.variables' lists 'aoa', the area of applicability of a Downscaler's trend; a UNet model "
+            r"has none. Remove 'aoa'",
+        ),
+        (
+            lambda c: _unet_model(c, type="unet", parameters={"dropout": 0.0}),
+            r"'outputs.variables' lists 'std', which a UNet estimates by Monte-Carlo dropout, but its dropout is 0",
+        ),
+        (
+            lambda c: _unet_model(c, type="unet", path="weights.pt"),
+            r"'model.path' \(weights.pt\) cannot be loaded as a UNet \(.*\). Give a file written by UNetDownscaler.save",
+        ),
+        (
+            lambda c: _unet_model(c, type="unet", path="params.json"),
+            r"'model.path' names params.json, but a UNet is saved as a .pt file",
+        ),
+    ],
+)
+def test_unet_config_errors_name_the_key_and_the_fix(tmp_path, capsys, edit, match):
+    pytest.importorskip("torch")
+    test_model_config_errors_name_the_key_and_the_fix(tmp_path, capsys, edit, match)
+
+
+def test_unet_without_torch_says_what_to_install(tmp_path, monkeypatch):
+    path = make_config(tmp_path, example="example_unet.yaml")
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    with pytest.raises(ConfigError, match=r"'model.type' is 'unet', which needs PyTorch. .*pip install"):
+        load_config(path)
+
+
+def test_unet_dry_run_says_how_the_model_is_made(tmp_path, capsys):
+    pytest.importorskip("torch")
+    config = make_config(tmp_path, days=2, example="example_unet.yaml", model__parameters=TINY_UNET)
+    assert main(["run", str(config), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "trained once (Wald protocol) on the 2 readable time step(s), saved to" in printed
+    assert "model.pt" in printed and not (tmp_path / "out").exists()
