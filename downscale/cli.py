@@ -233,8 +233,16 @@ def _demo(args) -> int:
     step(f"Fitting the Downscaler ({model!r})")
     model.fit(scene.coarse, covariates)
     chosen = getattr(model, "selected_trend_", None)
-    if chosen is not None:
-        step(f"  trend chosen by spatial cross-validation: {chosen}")
+    cv_results = getattr(model, "cv_results_", None)
+    if cv_results is not None:
+        weight = getattr(model, "trend_weight_", 1.0)
+        step(
+            f"  trend chosen by spatial cross-validation: {chosen}"
+            + (f" (shrunk, weight {weight:.2f})" if chosen != "none" and weight < 1 else "")
+        )
+        print(cv_results.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
+    else:
+        chosen = None
     step("Predicting the fine field and its uncertainty")
     fine, std = model.predict(covariates, return_std=True)
 
@@ -303,9 +311,6 @@ def _demo(args) -> int:
         f"Share of truth pixels inside the nominal 90% interval: {coverage:.1%}.",
         "Maps of the coarse input, the downscaled field, the truth and the uncertainty: ![maps](maps.png)",
     ]
-    cv_results = getattr(model, "cv_results_", None)
-    if cv_results is not None:
-        notes.append("Trend candidates compared by spatial cross-validation:\n\n" + report_module.markdown_table(cv_results, index=False))
     report_path = report_module.write_report(
         output,
         fine,
@@ -316,6 +321,7 @@ def _demo(args) -> int:
         coarse=scene.coarse,
         truth=truth,
         shap=shap,
+        model=model,
         title=f"downscale demo: {args.variable}",
         notes=notes,
     )

@@ -31,6 +31,43 @@ back to the coarse grid, with the coarse covariates as fine ones), and
 coarse cells there. It assumes that the model's misfit is similar one scale
 up; the skill tests check the coverage of 90 % intervals against fine truth.
 
+Choosing the trend (``trend="auto"``, the default)
+---------------------------------------------------
+With a few hundred coarse cells a flexible trend overfits, and covariates
+that explain the coarse field do not always explain its fine detail. The
+default therefore picks among ``AUTO_CANDIDATES`` (none, i.e. ATPK of the
+field itself; ridge regression; random forest; LightGBM) from the data:
+
+1. *Covariates*: a candidate only sees the covariates whose block means keep
+   enough of their fine spread (:func:`downscale.models.trend.retention` >=
+   ``MIN_RETENTION[candidate]``): the fine-scale effect of a curvature whose
+   block means vary 3 % as much as its pixels cannot be learned from coarse
+   cells, and applying a trend to it only injects noise (``features_used_``).
+2. *Spatial cross-validation on the coarse cells*: blocks of
+   ``SELECTION_BLOCK_CELLS`` x ``SELECTION_BLOCK_CELLS`` cells form
+   ``cv_splits`` folds; every held-out cell is predicted by regression
+   kriging from the other folds (the candidate's trend plus ordinary kriging
+   of the training residuals from the ``SELECTION_NEIGHBOURS`` nearest cells).
+3. *Shrinkage*: with weights that sum to one, the out-of-fold error of the
+   trend shrunk toward the mean, ``mean + w (f - mean)``, is exactly
+   ``a - w b`` (``a``: the error of kriging the field alone, ``b``: the trend
+   minus its kriged value). The weight ``w`` is the least-squares solution
+   ``sum(a b) / sum(b b)`` clipped to [0, 1]: the blend weight from the CV
+   residuals (``trend_weight_``).
+4. *Wald check*, when the 2 x 2 means of the coarse field leave at least
+   ``WALD_MIN_CELLS`` cells along each axis: every (shrunk) candidate
+   downscales those means back onto the coarse grid and is scored against
+   the coarse field, which tests what the first two steps cannot: the trend
+   applied one scale finer than where it was fitted.
+5. *Combination and tie rule*: each signal is a ratio to the constant
+   trend's RMSE (transformed space); a candidate's ``score`` is the larger of
+   its two ratios (it must help on both to count as helping). The choice is
+   the simplest candidate (order none < linear < rf < lightgbm) whose score
+   is within ``SELECTION_TOLERANCE`` (2 %) of the best; a weight of 0 is the
+   constant trend. ``cv_results_`` holds the table; ``selected_trend_`` the
+   choice. With fewer than ``MIN_CELLS_SELECTION`` valid cells the constant
+   trend is kept without a selection.
+
 Masks and missing data
 ----------------------
 NaN coarse cells are left out of fitting and kriging. Their fine pixels get the
@@ -54,7 +91,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import grid as grid_module
 from .models.transforms import coherent_correction, make_transform
-from .models.trend import TREND_NAMES, make_trend
+from .models.trend import MIN_RETENTION, TREND_NAMES, ShrunkTrend, make_trend, retention
 
 __all__ = ["Downscaler"]
 
@@ -68,15 +105,34 @@ _Z90 = 1.6448536269514722
 MIN_CELLS_TREND = 3
 MIN_CELLS_KRIGING = 10
 
+#: Candidates of ``trend="auto"``, simplest first: the tie rule prefers the earlier one.
+AUTO_CANDIDATES = ("none", "linear", "rf", "lightgbm")
+#: Side (in coarse cells) of the spatial blocks of the selection's cross-validation.
+SELECTION_BLOCK_CELLS = 3
+#: A candidate whose score is within this fraction of the best one's counts as tied with it.
+SELECTION_TOLERANCE = 0.02
+#: Fewest valid coarse cells for a selection by cross-validation (below it: the constant trend).
+MIN_CELLS_SELECTION = 30
+#: Time steps used by the selection (evenly spaced), to bound its cost on long series.
+MAX_SELECTION_STEPS = 4
+#: Fewest cells along each axis of the 2 x 2 degraded grid for the Wald check of the selection.
+WALD_MIN_CELLS = 6
+#: Nearest training cells used by the coarse-level kriging of the selection.
+SELECTION_NEIGHBOURS = 25
+#: Trees of the random forests fitted in the selection's folds.
+SELECTION_FOREST_TREES = 100
+
 
 class Downscaler(BaseEstimator):
     """Downscale a coarse field onto a fine grid: trend on covariates + coherent residual kriging.
 
     Parameters
     ----------
-    trend : {"lightgbm", "rf", "linear", "none"} or scikit-learn regressor
+    trend : {"auto", "lightgbm", "rf", "linear", "none"} or scikit-learn regressor
         Trend model fitted on the valid coarse cells (see :func:`downscale.models.make_trend`).
-        ``"none"`` is a constant mean: the result is then ATPK of the field itself.
+        ``"none"`` is a constant mean: the result is then ATPK of the field itself. ``"auto"`` (the
+        default) chooses among these by spatial cross-validation and a Wald check, shrinks the choice
+        toward the constant, and leaves out covariates the coarse cells cannot inform (module notes).
     residual : {"atpk", "none"}
         ``"atpk"``: area-to-point kriging of the coarse residuals (coherent result).
         ``"none"``: the trend alone (for comparison; not coherent).
@@ -105,6 +161,22 @@ class Downscaler(BaseEstimator):
     Attributes
     ----------
     feature_names_ : list of str
+        Every covariate of ``X`` seen in fit (``feature_names_in_``: the same as an array); ``predict``
+        needs them all.
+    features_used_ : list of str
+        The covariates the trend uses (all of them unless ``trend="auto"`` left some out).
+    retention_ : numpy.ndarray
+        Block-mean to fine standard deviation of every covariate (see
+        :func:`downscale.models.trend.retention`).
+    selected_trend_ : str
+        The trend used: the choice of ``trend="auto"``, else ``trend`` (a class name for an instance).
+    trend_weight_ : float
+        Weight of the trend against the constant mean (below 1 when ``"auto"`` shrank it).
+    cv_results_ : pandas.DataFrame or None
+        With ``trend="auto"``: one row per candidate, columns ``trend``, ``n_features``, ``weight``,
+        ``cv_rmse`` (shrunk), ``cv_rmse_unshrunk``, ``wald_rmse`` (NaN when the scene is too small or
+        the cross-validation already ruled the candidate out),
+        ``score`` and ``selected``. RMSEs are in the transformed space.
     factor_ : int
     bounds_ : tuple
     transform_ : transform object (see :mod:`downscale.models.transforms`)
@@ -126,11 +198,23 @@ class Downscaler(BaseEstimator):
     >>> back = ds.grid.block_mean(fine, 10)
     >>> bool(abs(back - scene.coarse).max() < 1e-9)
     True
+
+    The default chooses the trend and says why:
+
+    >>> scene = ds.datasets.synthetic_scene("lst", seed=0, shape=(200, 200), factor=10)
+    >>> X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
+    >>> model = Downscaler(calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    >>> model.cv_results_["trend"].tolist()
+    ['none', 'linear', 'rf', 'lightgbm']
+    >>> model.selected_trend_ != "none"                 # LST follows elevation and vegetation
+    True
+    >>> "profile_curvature" in model.features_used_     # its block means keep 13 % of its spread
+    False
     """
 
     def __init__(
         self,
-        trend="lightgbm",
+        trend="auto",
         residual: str = "atpk",
         transform: str = "auto",
         bounds=None,
@@ -165,7 +249,8 @@ class Downscaler(BaseEstimator):
             raise ValueError(
                 f"trend must be one of {TREND_NAMES} or a scikit-learn regressor instance, got {self.trend!r}."
             )
-        make_trend(self.trend)  # raises on a bad instance
+        if not (isinstance(self.trend, str) and self.trend == "auto"):
+            make_trend(self.trend)  # raises on a bad instance
 
     @staticmethod
     def _check_coarse(coarse):
@@ -194,7 +279,9 @@ class Downscaler(BaseEstimator):
         grid_module.check_grid(X, name="X")
         variables = [name for name, da in X.data_vars.items() if {"y", "x"} <= set(da.dims)]
         if not variables:
-            raise ValueError("X has no covariate with dims ('y', 'x'); build it with downscale.covariates.build.")
+            raise ValueError(
+                "X has no covariate with dims ('y', 'x'); build it with downscale.covariates.build."
+            )
         for name in variables:
             extra = set(X[name].dims) - {"time", "y", "x"}
             if extra:
@@ -234,9 +321,14 @@ class Downscaler(BaseEstimator):
             if "time" in valid.dims:
                 valid = valid.any("time")
             return np.repeat(np.repeat(valid.values, factor, axis=0), factor, axis=1)
-        if not isinstance(mask, xr.DataArray) or mask.dims != ("y", "x") or mask.shape != (
-            X.sizes["y"],
-            X.sizes["x"],
+        if (
+            not isinstance(mask, xr.DataArray)
+            or mask.dims != ("y", "x")
+            or mask.shape
+            != (
+                X.sizes["y"],
+                X.sizes["x"],
+            )
         ):
             raise ValueError(
                 f"mask must be a boolean DataArray with dims ('y', 'x') on the fine grid of X "
@@ -264,6 +356,23 @@ class Downscaler(BaseEstimator):
             arrays.append(values)
         n_lead = max(a.shape[0] for a in arrays)
         return np.stack([np.broadcast_to(a, (n_lead, *a.shape[1:])) for a in arrays], axis=1)
+
+    def _used_index(self):
+        """Positions in ``feature_names_`` of the covariates the trend uses."""
+        used = getattr(self, "features_used_", None)
+        if used is None:  # fitted outside fit (e.g. the tiled runner): every covariate
+            return np.arange(len(self.feature_names_))
+        return np.array([self.feature_names_.index(name) for name in used], dtype=np.int64)
+
+    @staticmethod
+    def _retention(features, features_coarse):
+        """:func:`~downscale.models.trend.retention` of every covariate (fine vs block-mean spread), pooled over time."""
+        k = features.shape[1]
+        fine = np.moveaxis(features, 1, 0).reshape(k, -1)
+        block = np.moveaxis(features_coarse, 1, 0).reshape(k, -1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN covariates: retention 0
+            return retention(np.nanstd(fine, axis=1), np.nanstd(block, axis=1))
 
     @staticmethod
     def _at(stack, t):
@@ -296,6 +405,7 @@ class Downscaler(BaseEstimator):
         transform = make_transform(self.transform, bounds)
         nt = coarse.sizes["time"] if "time" in coarse.dims else 1
         self.feature_names_ = variables
+        self.feature_names_in_ = np.asarray(variables, dtype=object)
         self.n_features_in_ = len(variables)
         self.factor_ = factor
         self.bounds_ = bounds
@@ -328,19 +438,34 @@ class Downscaler(BaseEstimator):
                 + ". Use a larger area, fill the gaps, or drop that time step."
             )
 
+        steps = [list(range(nt))] if self.temporal == "pooled" else [[t] for t in range(nt)]
+        self.retention_ = self._retention(features, features_coarse)
+        if isinstance(self.trend, str) and self.trend == "auto":
+            self._select_trend(coarse, features_coarse, z_coarse, steps, transform)
+        else:
+            self.trend_spec_ = self.trend
+            self.selected_trend_ = self.trend if isinstance(self.trend, str) else type(self.trend).__name__
+            self.trend_weight_ = 1.0
+            self.cv_results_ = None
+            self.features_used_ = list(variables)
+        used = self._used_index()
+        features = features[:, used]
+        features_coarse = features_coarse[:, used]
+
         # Trend(s) on the coarse cells.
         self.trend_models_ = []
-        steps = [list(range(nt))] if self.temporal == "pooled" else [[t] for t in range(nt)]
         for group in steps:
             rows, target = self._coarse_rows(features_coarse, z_coarse, group)
-            model = make_trend(self.trend, random_state=self.random_state, n_jobs=self.n_jobs)
+            model = make_trend(self.trend_spec_, random_state=self.random_state, n_jobs=self.n_jobs)
             self.trend_models_.append(model.fit(rows, target))
 
         trend_fine = self._trend_fine(features, nt)  # (nt, ny, nx), NaN where a covariate is NaN
         # predict(X) on the very covariates of fit reuses this trend (the fine trend is the costly part).
         self._trend_cache = (_fingerprint(features), trend_fine)
         template = self._fine_template(X, coarse)
-        trend_block = grid_module.block_mean(template.copy(data=trend_fine.reshape(template.shape)), factor, min_valid=1e-9)
+        trend_block = grid_module.block_mean(
+            template.copy(data=trend_fine.reshape(template.shape)), factor, min_valid=1e-9
+        )
         residual = z_coarse.reshape(coarse.shape) - trend_block.values
         residual = np.where(np.isfinite(z_coarse.reshape(coarse.shape)), residual, np.nan)
         self.residual_coarse_ = coarse.copy(data=residual)
@@ -349,11 +474,223 @@ class Downscaler(BaseEstimator):
         self.atpk_ = []
         if self.residual == "atpk":
             self.atpk_ = self._fit_kriging(self.residual_coarse_, nt)
-        self.trend_variance_ = self._trend_variance(features_coarse, z_coarse, residual.reshape(nt, -1), steps)
+        if getattr(self, "_selection_helper", False):  # the selection's one-level-up fits need no std
+            self.trend_variance_ = np.zeros(nt)
+        else:
+            self.trend_variance_ = self._trend_variance(
+                features_coarse, z_coarse, residual.reshape(nt, -1), steps
+            )
         self.std_scale_ = 1.0
         if self.calibrate_std:
             self.std_scale_ = self._wald_scale(coarse, features_coarse, X)
         return self
+
+    # ------------------------------------------------------------ trend="auto"
+
+    def _select_trend(self, coarse, features_coarse, z_coarse, steps, transform):
+        """Choose the trend of ``trend="auto"`` (see the class notes); sets ``trend_spec_`` and the reports."""
+        import pandas as pd
+
+        names = self.feature_names_
+        used = {
+            name: [n for n, r in zip(names, self.retention_, strict=True) if r >= MIN_RETENTION[name]]
+            for name in AUTO_CANDIDATES
+        }
+        n_cells = min(
+            int((np.isfinite(z_coarse[t]) & np.isfinite(self._at(features_coarse, t)).all(axis=0)).sum())
+            for t in range(z_coarse.shape[0])
+        )
+        columns = ["trend", "n_features", "weight", "cv_rmse", "cv_rmse_unshrunk", "wald_rmse", "score"]
+        if n_cells < MIN_CELLS_SELECTION:
+            logger.info(
+                "%d valid coarse cells (< %d): trend='auto' keeps the constant trend.",
+                n_cells,
+                MIN_CELLS_SELECTION,
+            )
+            table = pd.DataFrame(
+                [
+                    [name, len(used[name]), 0.0 if name != "none" else 1.0, np.nan, np.nan, np.nan, np.nan]
+                    for name in AUTO_CANDIDATES
+                ],
+                columns=columns,
+            )
+            self._set_selection("none", 1.0, used["none"], table)
+            return
+
+        a, b = self._selection_cv(coarse, features_coarse, z_coarse, steps, used)
+        cv_none = float(np.sqrt(np.mean(a**2)))
+        weights, cv_rmse, cv_full = {"none": 1.0}, {"none": cv_none}, {"none": cv_none}
+        for name, b_name in b.items():
+            denominator = float(np.sum(b_name**2))
+            weight = float(np.clip(np.sum(a * b_name) / denominator, 0.0, 1.0)) if denominator > 0 else 0.0
+            weights[name] = round(weight, 2)
+            cv_rmse[name] = float(np.sqrt(np.mean((a - weights[name] * b_name) ** 2)))
+            cv_full[name] = float(np.sqrt(np.mean((a - b_name) ** 2)))
+        cv_ratio = {name: value / cv_none if cv_none > 0 else 1.0 for name, value in cv_rmse.items()}
+        wald = self._selection_wald(coarse, features_coarse, used, weights, cv_ratio, transform)
+
+        scores = {}
+        for name in AUTO_CANDIDATES:
+            ratios = [cv_ratio[name]]
+            if np.isfinite(wald[name]) and np.isfinite(wald["none"]) and wald["none"] > 0:
+                ratios.append(wald[name] / wald["none"])
+            scores[name] = max(ratios)
+        best = min(scores.values())
+        chosen = next(name for name in AUTO_CANDIDATES if scores[name] <= best * (1 + SELECTION_TOLERANCE))
+        if weights[chosen] == 0.0:
+            chosen = "none"
+        table = pd.DataFrame(
+            [
+                [name, len(used[name]), weights[name], cv_rmse[name], cv_full[name], wald[name], scores[name]]
+                for name in AUTO_CANDIDATES
+            ],
+            columns=columns,
+        )
+        self._set_selection(chosen, weights[chosen], used[chosen], table)
+
+    def _set_selection(self, chosen, weight, used, table):
+        table["selected"] = table["trend"] == chosen
+        self.cv_results_ = table
+        self.selected_trend_ = chosen
+        self.trend_weight_ = float(weight) if chosen != "none" else 1.0
+        self.trend_spec_ = (
+            chosen if self.trend_weight_ == 1.0 else ShrunkTrend(chosen, weight=self.trend_weight_)
+        )
+        self.features_used_ = list(used)
+        logger.info("trend='auto' chose %s (weight %.2f):\n%s", chosen, self.trend_weight_, table.to_string())
+
+    def _selection_folds(self, coarse, valid_cells):
+        """Fold of every coarse cell (-1 where it never has data): spatial blocks of a few coarse cells."""
+        from .kriging.variogram import grid_cell_size
+        from .validation.crossval import coarse_cell_coordinates
+        from .validation.splitters import SpatialBlockKFold
+
+        grid = coarse.isel(time=0, drop=True) if "time" in coarse.dims else coarse
+        coords = coarse_cell_coordinates(grid)
+        cell = max(grid_cell_size(grid))
+        fold = np.full(valid_cells.size, -1, dtype=np.int64)
+        for side in (SELECTION_BLOCK_CELLS, 1):
+            splitter = SpatialBlockKFold(
+                n_splits=self.cv_splits, block_size=side * cell * (1 + 1e-9), random_state=self.random_state
+            )
+            try:
+                fold[valid_cells] = splitter.fold_labels(coords[valid_cells])
+                return fold, coords
+            except ValueError:
+                continue
+        raise ValueError(
+            f"The coarse field has {int(valid_cells.sum())} valid cells, too few for {self.cv_splits} spatial "
+            f"folds; lower cv_splits or give a trend explicitly."
+        )
+
+    def _selection_cv(self, coarse, features_coarse, z_coarse, steps, used):
+        """Out-of-fold regression-kriging errors on the coarse cells.
+
+        Returns ``a``, the errors of ordinary kriging of the field from the training cells (the
+        constant trend), and for every covariate candidate ``b``, the out-of-fold trend minus its
+        kriged training values at the same cells: with ordinary kriging weights (summing to one),
+        the error of the trend shrunk by ``w`` toward the mean is exactly ``a - w * b``.
+        """
+        from .kriging.variogram import empirical_variogram, fit_variogram
+
+        nt = z_coarse.shape[0]
+        finite = np.isfinite(z_coarse) & np.stack(
+            [np.isfinite(self._at(features_coarse, t)).all(axis=0) for t in range(nt)]
+        )  # (nt, cy, cx)
+        fold, coords = self._selection_folds(coarse, finite.any(axis=0).ravel())
+        # Evenly spaced time steps (or groups) bound the cost on long series.
+        if len(steps) > 1:
+            steps = [
+                steps[i]
+                for i in np.unique(np.linspace(0, len(steps) - 1, MAX_SELECTION_STEPS).round().astype(int))
+            ]
+        else:
+            group = steps[0]
+            steps = [
+                [
+                    group[i]
+                    for i in np.unique(
+                        np.linspace(0, len(group) - 1, MAX_SELECTION_STEPS).round().astype(int)
+                    )
+                ]
+            ]
+        index = {name: [self.feature_names_.index(n) for n in used[name]] for name in AUTO_CANDIDATES}
+        a_parts, b_parts = [], {name: [] for name in AUTO_CANDIDATES if name != "none"}
+        grid = coarse.isel(time=0, drop=True) if "time" in coarse.dims else coarse
+        for group in steps:
+            plans = {}  # (t, k) -> (test cells, neighbour cells, kriging weights)
+            for t in group:
+                z = z_coarse[t]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    field = grid.copy(data=np.where(finite[t], z, np.nan))
+                    variogram = fit_variogram(empirical_variogram(field), self.variogram, nugget="fit")
+                ok = finite[t].ravel()
+                for k in np.unique(fold[ok]):
+                    test = np.flatnonzero(ok & (fold == k))
+                    train = np.flatnonzero(ok & (fold != k))
+                    if train.size < MIN_CELLS_TREND or test.size == 0:
+                        continue
+                    neighbours, weights = _kriging_weights(
+                        coords, train, test, variogram, SELECTION_NEIGHBOURS
+                    )
+                    plans[t, k] = (test, neighbours, weights)
+                    values = z.ravel()
+                    a_parts.append(values[test] - (weights * values[neighbours]).sum(axis=1))
+            folds = sorted({k for _, k in plans})
+            for name in b_parts:
+                columns = index[name]
+                for k in folds:
+                    rows, target = [], []
+                    for t in group:
+                        f = self._at(features_coarse, t)[columns].reshape(len(columns), -1).T
+                        train = finite[t].ravel() & (fold != k)
+                        rows.append(f[train])
+                        target.append(z_coarse[t].ravel()[train])
+                    model = make_trend(name, random_state=self.random_state, n_jobs=self.n_jobs)
+                    if name == "rf":  # a third of the trees: enough to rank, a third of the cost
+                        model.set_params(n_estimators=SELECTION_FOREST_TREES)
+                    model.fit(np.concatenate(rows), np.concatenate(target))
+                    for t in group:
+                        if (t, k) not in plans:
+                            continue
+                        test, neighbours, weights = plans[t, k]
+                        f = self._at(features_coarse, t)[columns].reshape(len(columns), -1).T
+                        trend = np.full(f.shape[0], np.nan)
+                        ok = finite[t].ravel()
+                        trend[ok] = model.predict(f[ok])
+                        b_parts[name].append(trend[test] - (weights * trend[neighbours]).sum(axis=1))
+        a = np.concatenate(a_parts)
+        return a, {name: np.concatenate(parts) for name, parts in b_parts.items()}
+
+    def _selection_wald(self, coarse, features_coarse, used, weights, cv_ratio, transform):
+        """RMSE (transformed space) of every candidate downscaling the 2 x 2 means of ``coarse`` back onto it."""
+        wald = dict.fromkeys(AUTO_CANDIDATES, np.nan)
+        cy, cx = coarse.shape[-2:]
+        if cy // 2 < WALD_MIN_CELLS or cx // 2 < WALD_MIN_CELLS:
+            return wald
+        level, upper, X_level, level_mask = self._level_up(coarse, features_coarse, self.feature_names_)
+        truth = transform.forward(np.asarray(level.values, dtype=np.float64))
+        params = {**self.get_params(deep=False), "calibrate_std": False}
+        for name in AUTO_CANDIDATES:
+            if name != "none" and not (weights[name] > 0 and cv_ratio[name] < 1):
+                continue  # the constant trend wins this candidate's comparison already
+            spec = name if weights[name] == 1.0 or name == "none" else ShrunkTrend(name, weight=weights[name])
+            helper = Downscaler(**{**params, "trend": spec})
+            helper._selection_helper = True
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    helper.fit(upper, X_level[used[name]], mask=level_mask)
+                    prediction = helper.predict(X_level[used[name]])
+            except ValueError as error:
+                logger.info("Wald check of %s skipped: %s", name, error)
+                continue
+            error = transform.forward(np.asarray(prediction.values, dtype=np.float64)) - truth
+            error = error[np.isfinite(error)]
+            if error.size >= MIN_CELLS_KRIGING:
+                wald[name] = float(np.sqrt(np.mean(error**2)))
+        return wald
 
     @staticmethod
     def _clip_to_bounds(values, bounds):
@@ -382,7 +719,7 @@ class Downscaler(BaseEstimator):
             gaps = ~np.isfinite(self._at(features, t)) & valid_fine[t]
             if gaps.any():
                 counts = gaps.reshape(gaps.shape[0], -1).sum(axis=1)
-                names = [f"{n} ({c} pixels)" for n, c in zip(self.feature_names_, counts) if c]
+                names = [f"{n} ({c} pixels)" for n, c in zip(self.feature_names_, counts, strict=True) if c]
                 raise ValueError(
                     f"Covariates have NaN where the coarse target is valid: {', '.join(names)}"
                     + (f" at time step {t}" if valid_fine.shape[0] > 1 else "")
@@ -407,7 +744,7 @@ class Downscaler(BaseEstimator):
     def _coarse_rows(self, features_coarse, z_coarse, times):
         rows, target = [], []
         for t in times:
-            f = self._at(features_coarse, t).reshape(len(self.feature_names_), -1).T
+            f = self._at(features_coarse, t).reshape(features_coarse.shape[1], -1).T
             z = z_coarse[t].ravel()
             ok = np.isfinite(z) & np.isfinite(f).all(axis=1)
             rows.append(f[ok])
@@ -443,8 +780,18 @@ class Downscaler(BaseEstimator):
     def _fit_kriging(self, residual_coarse, nt):
         from .kriging import ATPK
 
+        # The selection's one-level-up fits compare trends under one kriging: the areal variogram is
+        # used as it is there (the deconvolution costs more than the rest of such a fit).
+        deconvolve = not getattr(self, "_selection_helper", False)
+
         def make():
-            return ATPK(variogram=self.variogram, neighbours=self.neighbours, kind="ordinary", psf="box")
+            return ATPK(
+                variogram=self.variogram,
+                neighbours=self.neighbours,
+                kind="ordinary",
+                psf="box",
+                deconvolve=deconvolve,
+            )
 
         with warnings.catch_warnings():
             # A residual with little structure fits a flat variogram; the kriging then falls back to
@@ -458,7 +805,8 @@ class Downscaler(BaseEstimator):
         """Per-time variance of the trend error left after kriging (out-of-fold minus in-sample)."""
         nt = z_coarse.shape[0]
         result = np.zeros(nt)
-        if isinstance(self.trend, str) and self.trend == "none":
+        spec = getattr(self, "trend_spec_", self.trend)
+        if isinstance(spec, str) and spec == "none":
             return result
         cy, cx = z_coarse.shape[-2:]
         # Spatial blocks of about a fifth of the domain side, so that folds are not neighbours' copies.
@@ -466,11 +814,13 @@ class Downscaler(BaseEstimator):
         block_id = (np.arange(cy)[:, None] // block) * (cx // block + 1) + (np.arange(cx)[None, :] // block)
         rng = np.random.default_rng(self.random_state)
         ids = np.unique(block_id)
-        fold_of_block = dict(zip(rng.permutation(ids), np.arange(ids.size) % max(2, self.cv_splits)))
+        fold_of_block = dict(
+            zip(rng.permutation(ids), np.arange(ids.size) % max(2, self.cv_splits), strict=True)
+        )
         fold = np.vectorize(fold_of_block.get)(block_id).ravel()
         for group in steps:
             stacked_f = np.concatenate(
-                [self._at(features_coarse, t).reshape(len(self.feature_names_), -1).T for t in group]
+                [self._at(features_coarse, t).reshape(features_coarse.shape[1], -1).T for t in group]
             )
             stacked_z = np.concatenate([z_coarse[t].ravel() for t in group])
             stacked_fold = np.tile(fold, len(group))
@@ -481,7 +831,7 @@ class Downscaler(BaseEstimator):
                 test = ok & (stacked_fold == k)
                 if train.sum() < MIN_CELLS_TREND or not test.any():
                     continue
-                model = make_trend(self.trend, random_state=self.random_state, n_jobs=self.n_jobs)
+                model = make_trend(spec, random_state=self.random_state, n_jobs=self.n_jobs)
                 model.fit(stacked_f[train], stacked_z[train])
                 errors[test] = stacked_z[test] - model.predict(stacked_f[test])
             out_of_fold = np.nanvar(errors) if np.isfinite(errors).any() else 0.0
@@ -490,21 +840,19 @@ class Downscaler(BaseEstimator):
                 result[t] = max(out_of_fold - in_sample, 0.0)
         return result
 
-    def _wald_scale(self, coarse, features_coarse, X):
-        """Conformal scale of the std by the Wald protocol: downscale the 2 x 2 aggregate back to ``coarse``."""
+    def _level_up(self, coarse, features_coarse, names):
+        """The Wald protocol one level up: the coarse grid as the fine one, its 2 x 2 means as the coarse one.
+
+        Returns ``(level, upper, X_level, level_mask)``: the coarse field (cropped to even sides), its
+        2 x 2 block means, the block-mean covariates ``names`` as a Dataset on the coarse grid, and the
+        coarse cells with data.
+        """
         cy, cx = coarse.shape[-2:]
         ny, nx = cy // 2 * 2, cx // 2 * 2
-        if ny < 2 * 4 or nx < 2 * 4:
-            warnings.warn(
-                f"The coarse grid ({cy} x {cx}) is too small to calibrate the standard deviation; "
-                f"std_scale_ is left at 1.",
-                stacklevel=3,
-            )
-            return 1.0
         level = self.coarse_.isel(y=slice(0, ny), x=slice(0, nx))
         grid = level.isel(time=0, drop=True) if "time" in level.dims else level
         covariates = {}
-        for k, name in enumerate(self.feature_names_):
+        for k, name in enumerate(names):
             values = features_coarse[:, k, :ny, :nx]
             if values.shape[0] == 1:
                 covariates[name] = (("y", "x"), values[0])
@@ -519,19 +867,39 @@ class Downscaler(BaseEstimator):
             X_level = grid_module.set_crs(X_level, crs)
             level = grid_module.set_crs(level.drop_vars("spatial_ref", errors="ignore"), crs)
         upper = grid_module.block_mean(level, 2, min_valid=1e-9)
-        # Cells with data at the coarse level define where the calibration is scored.
         valid = np.isfinite(level.values)
         level_mask = xr.DataArray(
-            valid.any(axis=0) if valid.ndim == 3 else valid, dims=("y", "x"), coords={"y": coords["y"], "x": coords["x"]}
+            valid.any(axis=0) if valid.ndim == 3 else valid,
+            dims=("y", "x"),
+            coords={"y": coords["y"], "x": coords["x"]},
         )
-        helper = Downscaler(**{**self.get_params(deep=False), "calibrate_std": False})
+        return level, upper, X_level, level_mask
+
+    def _wald_scale(self, coarse, features_coarse, X):
+        """Conformal scale of the std by the Wald protocol: downscale the 2 x 2 aggregate back to ``coarse``."""
+        cy, cx = coarse.shape[-2:]
+        if cy // 2 < 4 or cx // 2 < 4:
+            warnings.warn(
+                f"The coarse grid ({cy} x {cx}) is too small to calibrate the standard deviation; "
+                f"std_scale_ is left at 1.",
+                stacklevel=3,
+            )
+            return 1.0
+        level, upper, X_level, level_mask = self._level_up(coarse, features_coarse, self.features_used_)
+        valid = np.isfinite(level.values)
+        # The trend chosen here (not a new selection one level up) is what is calibrated.
+        helper = Downscaler(
+            **{**self.get_params(deep=False), "trend": self.trend_spec_, "calibrate_std": False}
+        )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 helper.fit(upper, X_level, mask=level_mask)
                 prediction, std = helper.predict(X_level, return_std=True)
         except ValueError as error:
-            warnings.warn(f"The standard deviation could not be calibrated ({error}); std_scale_ is 1.", stacklevel=3)
+            warnings.warn(
+                f"The standard deviation could not be calibrated ({error}); std_scale_ is 1.", stacklevel=3
+            )
             return 1.0
         error = np.abs(prediction.values - level.values)
         ratio = (error / np.where(std.values > 0, std.values, np.nan))[valid & np.isfinite(error)]
@@ -583,7 +951,7 @@ class Downscaler(BaseEstimator):
         coarse = self.coarse_
         nt = coarse.sizes["time"] if "time" in coarse.dims else 1
         fine_mask = self.mask_ if mask is None else self._fine_mask(mask, coarse, X, self.factor_)
-        features = self._feature_stack(X, nt)
+        features = self._feature_stack(X, nt)[:, self._used_index()]
         if fine_mask is not None:
             features = np.where(fine_mask, features, np.nan)
         cache = getattr(self, "_trend_cache", None)
@@ -599,7 +967,9 @@ class Downscaler(BaseEstimator):
         prediction = self.transform_.inverse(z)
         low, high = self.bounds_
         if low is not None or high is not None:
-            prediction = np.clip(prediction, -np.inf if low is None else low, np.inf if high is None else high)
+            prediction = np.clip(
+                prediction, -np.inf if low is None else low, np.inf if high is None else high
+            )
         prediction = np.where(valid_pixels, prediction, np.nan)
         fine = template.copy(data=prediction.reshape(template.shape))
         if self.residual == "atpk":
@@ -631,6 +1001,11 @@ class Downscaler(BaseEstimator):
 
     def _method_description(self):
         trend = self.trend if isinstance(self.trend, str) else type(self.trend).__name__
+        if trend == "auto":
+            trend = f"auto (chose {self.selected_trend_}"
+            trend += f", weight {self.trend_weight_:.2f})" if self.selected_trend_ != "none" else ")"
+        if len(self.features_used_) < len(self.feature_names_):
+            trend += f" on {len(self.features_used_)} of {len(self.feature_names_)}"
         residual = "area-to-point kriging of the coarse residuals" if self.residual == "atpk" else "none"
         return (
             f"trend: {trend} on block-mean covariates; residual: {residual}; transform: "
@@ -647,9 +1022,11 @@ class Downscaler(BaseEstimator):
         fine_grid = template.isel(time=0) if "time" in template.dims else template
         residual = np.empty(shape)
         variance = np.empty(shape)
-        pieces = [(self.atpk_[0], slice(None))] if len(self.atpk_) == 1 else [
-            (a, slice(t, t + 1)) for t, a in enumerate(self.atpk_)
-        ]
+        pieces = (
+            [(self.atpk_[0], slice(None))]
+            if len(self.atpk_) == 1
+            else [(a, slice(t, t + 1)) for t, a in enumerate(self.atpk_)]
+        )
         for atpk, times in pieces:
             mean, var = atpk.predict(fine_grid, return_variance=True)
             residual[times] = np.asarray(mean.values).reshape(-1, *self.fine_shape_)
@@ -662,7 +1039,11 @@ class Downscaler(BaseEstimator):
                 if not gaps[t].any():
                     continue
                 filled = _fill_nearest(coarse_residual[t])
-                filled_da = self.residual_coarse_.isel(time=t) if nt > 1 and "time" in self.residual_coarse_.dims else self.residual_coarse_
+                filled_da = (
+                    self.residual_coarse_.isel(time=t)
+                    if nt > 1 and "time" in self.residual_coarse_.dims
+                    else self.residual_coarse_
+                )
                 smooth = grid_module.upsample(filled_da.copy(data=filled), self.factor_, "bilinear").values
                 atpk = self.atpk_[0] if len(self.atpk_) == 1 else self.atpk_[t]
                 sill = float(atpk.variogram_.sill + atpk.variogram_.nugget)
@@ -698,6 +1079,39 @@ class Downscaler(BaseEstimator):
         residual = ((truth[ok] - back[ok]) ** 2).sum()
         total = ((truth[ok] - truth[ok].mean()) ** 2).sum()
         return float(1 - residual / total) if total > 0 else float(residual == 0)
+
+
+def _kriging_weights(coords, train, test, variogram, n_neighbours):
+    """Ordinary kriging of the ``test`` points from their nearest ``train`` points.
+
+    Returns ``(neighbours, weights)``, both ``(n_test, n)``: indices into ``coords`` and weights that
+    sum to one on every row.
+    """
+    from scipy.spatial import cKDTree
+
+    n = min(n_neighbours, train.size)
+    _, nearest = cKDTree(coords[train]).query(coords[test], k=n)
+    neighbours = train[np.asarray(nearest).reshape(test.size, n)]
+    if not variogram.total_sill > 0:  # a constant field: every neighbour is as good as any other
+        return neighbours, np.full((test.size, n), 1.0 / n)
+    points = coords[neighbours]  # (n_test, n, 2)
+    between = np.linalg.norm(points[:, :, None, :] - points[:, None, :, :], axis=-1)
+    to_target = np.linalg.norm(points - coords[test][:, None, :], axis=-1)
+    system = np.ones((test.size, n + 1, n + 1))
+    system[:, :n, :n] = variogram.covariance(between)
+    system[:, n, n] = 0.0
+    right = np.ones((test.size, n + 1))
+    right[:, :n] = variogram.covariance(to_target)
+    # A flat variogram (no structure) makes the system singular: the mean of the neighbours is then the answer.
+    system[:, :n, :n] += 1e-10 * variogram.total_sill * np.eye(n)
+    try:
+        solution = np.linalg.solve(system, right[..., None])[..., 0]
+        weights = solution[:, :n]
+        if not np.all(np.isfinite(weights)):
+            raise np.linalg.LinAlgError
+    except np.linalg.LinAlgError:
+        weights = np.full((test.size, n), 1.0 / n)
+    return neighbours, weights
 
 
 def _fingerprint(features):

@@ -70,7 +70,8 @@ def _trend_model(model, time):
         index = 0 if len(models) == 1 else int(time)
         if not 0 <= index < len(models):
             raise ValueError(f"time={time} is out of range: the model has {len(models)} trend model(s).")
-        names = list(model.feature_names_)
+        # Only the covariates the trend uses (trend="auto" leaves out those the coarse cells cannot inform).
+        names = list(getattr(model, "features_used_", None) or model.feature_names_)
         space = getattr(getattr(model, "transform_", None), "name", "none")
         return models[index], names, space
     if hasattr(model, "trend") and hasattr(model, "residual"):
@@ -166,6 +167,13 @@ def _explain(regressor, table):
     """SHAP values ``(n, p)`` and the base value of a fitted regressor on a covariate table."""
     from sklearn.dummy import DummyRegressor
 
+    from .models.trend import ShrunkTrend
+
+    if isinstance(regressor, ShrunkTrend):
+        # mean + w (f - mean) is linear in f: contributions scale by w, the base value moves toward the mean.
+        values, base = _explain(regressor.estimator_, table)
+        weight = float(regressor.weight)
+        return weight * values, regressor.mean_ + weight * (base - regressor.mean_)
     if isinstance(regressor, DummyRegressor):
         raise ValueError(
             "The trend is a constant (trend='none'): no covariate contributes, there is nothing to explain. "
@@ -388,7 +396,7 @@ def applicability(model, X, weights="shap", cv=None, sample: int = 2000, seed: i
             f"applicability needs a fitted downscale.Downscaler (its training cells are the coarse cells); "
             f"got {type(model).__name__}" + (" that is not fitted" if hasattr(model, "trend") else "") + "."
         )
-    names = list(model.feature_names_)
+    names = list(getattr(model, "features_used_", None) or model.feature_names_)
     coarse = model.coarse_
     if "time" in coarse.dims:
         coarse = coarse.isel(time=min(int(time), coarse.sizes["time"] - 1))

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from downscale.models.trend import ClipToRange, LightGBMTrend, make_trend
+from downscale.models.trend import (
+    MIN_RETENTION,
+    ClipToRange,
+    LightGBMTrend,
+    ShrunkTrend,
+    make_trend,
+    retention,
+)
 
 
 def _expected_failures(estimator):
@@ -15,7 +22,8 @@ def _expected_failures(estimator):
 
 
 @parametrize_with_checks(
-    [LightGBMTrend(n_estimators=20), ClipToRange()], expected_failed_checks=_expected_failures
+    [LightGBMTrend(n_estimators=20), ClipToRange(), ShrunkTrend("linear", weight=0.5)],
+    expected_failed_checks=_expected_failures,
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
@@ -55,5 +63,45 @@ def test_linear_trend_does_not_extrapolate():
 def test_make_trend_errors():
     with pytest.raises(ValueError, match="trend must be one of"):
         make_trend("xgboost")
+    with pytest.raises(ValueError, match="trend='auto' is a selection among"):
+        make_trend("auto")
     with pytest.raises(TypeError, match="fit/predict"):
         make_trend(object())
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_shrunk_trend_blends_the_estimator_with_the_mean(weight):
+    rng = np.random.default_rng(3)
+    X = rng.uniform(size=(200, 2))
+    y = 4.0 * X[:, 0] + 1.0
+    model = ShrunkTrend("linear", weight=weight).fit(X, y)
+    full = make_trend("linear").fit(X, y)
+    test = rng.uniform(size=(50, 2))
+    np.testing.assert_allclose(
+        model.predict(test), y.mean() + weight * (full.predict(test) - y.mean()), rtol=1e-12
+    )
+    assert model.mean_ == pytest.approx(y.mean())
+
+
+def test_shrunk_trend_refuses_a_weight_outside_0_1():
+    with pytest.raises(ValueError, match=r"weight must be in \[0, 1\], got 1.5"):
+        ShrunkTrend("linear", weight=1.5).fit(np.zeros((5, 1)), np.arange(5.0))
+
+
+def test_retention_of_block_means():
+    # A ramp keeps its spread in 2 x 2 block means; a checkerboard loses all of it.
+    ramp = np.add.outer(np.arange(8.0), np.arange(8.0))
+    checker = (np.indices((8, 8)).sum(axis=0) % 2).astype(float)
+    blocks = [a.reshape(4, 2, 4, 2).mean(axis=(1, 3)) for a in (ramp, checker)]
+    fine_std = [ramp.std(), checker.std()]
+    np.testing.assert_allclose(
+        retention(fine_std, [b.std() for b in blocks]), [ramp[::2, ::2].std() / ramp.std(), 0.0]
+    )
+    assert retention(0.0, 0.0) == 0.0
+    assert (
+        MIN_RETENTION["linear"]
+        > MIN_RETENTION["rf"]
+        == MIN_RETENTION["lightgbm"]
+        > MIN_RETENTION["none"]
+        == 0
+    )

@@ -9,6 +9,19 @@ estimators here carry small-sample defaults. The trend is then applied to
 slope or curvature is not bounded by the coarse ones): the linear trend clips
 its inputs to the range seen in training so it cannot extrapolate wildly.
 
+Fine covariates that their block means do not represent
+----------------------------------------------------------
+A covariate whose block means keep only a small part of its fine-scale
+spread (curvatures, small-radius TPI: their coarse standard deviation is 3 %
+of the fine one on a 25 x 25 block) cannot have its fine-scale effect learned
+from coarse cells. A slope fitted on block means that vary by +-1 applied to
+fine values that vary by +-30 turns into pure fine-scale noise, which no
+residual kriging removes (it only corrects block means). :func:`retention`
+measures that ratio and ``MIN_RETENTION`` gives the least ratio a covariate
+needs for each named trend: a linear trend extrapolates proportionally and
+needs covariates that keep half of their spread; trees saturate at the
+training range and tolerate more.
+
 Every estimator here passes scikit-learn's ``parametrize_with_checks``.
 """
 
@@ -23,10 +36,38 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-__all__ = ["TREND_NAMES", "ClipToRange", "LightGBMTrend", "make_trend"]
+__all__ = [
+    "MIN_RETENTION",
+    "TREND_NAMES",
+    "ClipToRange",
+    "LightGBMTrend",
+    "ShrunkTrend",
+    "make_trend",
+    "retention",
+]
 
 #: Names accepted by :func:`make_trend` (besides any scikit-learn regressor instance).
-TREND_NAMES = ("lightgbm", "rf", "linear", "none")
+TREND_NAMES = ("auto", "lightgbm", "rf", "linear", "none")
+
+#: Least ratio of coarse to fine standard deviation a covariate needs to enter a named trend.
+MIN_RETENTION = {"linear": 0.5, "rf": 0.2, "lightgbm": 0.2, "none": 0.0}
+
+
+def retention(fine_std, coarse_std):
+    """Share of a covariate's fine-scale spread that its block means keep: ``coarse_std / fine_std``.
+
+    A constant covariate (``fine_std == 0``) has retention 0: it carries no information.
+
+    Examples
+    --------
+    >>> retention([2.0, 1.0, 0.0], [1.9, 0.03, 0.0]).round(2).tolist()
+    [0.95, 0.03, 0.0]
+    """
+    fine_std = np.asarray(fine_std, dtype=np.float64)
+    coarse_std = np.asarray(coarse_std, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(fine_std > 0, coarse_std / np.where(fine_std > 0, fine_std, 1.0), 0.0)
+    return np.nan_to_num(ratio, nan=0.0)
 
 
 class LightGBMTrend(RegressorMixin, BaseEstimator):
@@ -106,6 +147,46 @@ class LightGBMTrend(RegressorMixin, BaseEstimator):
         return self.booster_.predict(X)
 
 
+class ShrunkTrend(RegressorMixin, BaseEstimator):
+    """A trend shrunk toward the constant mean: ``mean + weight * (estimator(X) - mean)``.
+
+    The :class:`~downscale.Downscaler` uses it when spatial cross-validation
+    finds that the covariates explain the coarse field only in part
+    (``weight`` < 1), so that the choice between a covariate trend and the
+    constant is not all or nothing.
+
+    Parameters
+    ----------
+    estimator : scikit-learn regressor or trend name (see :func:`make_trend`)
+    weight : float in [0, 1]
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.arange(10.0)[:, None]
+    >>> model = ShrunkTrend("linear", weight=0.5).fit(X, 2 * X[:, 0])
+    >>> model.predict([[0.0], [9.0]]).round(6).tolist()      # halfway between the line and the mean 9
+    [4.5, 13.5]
+    """
+
+    def __init__(self, estimator="linear", weight: float = 1.0):
+        self.estimator = estimator
+        self.weight = weight
+
+    def fit(self, X, y):
+        if not 0.0 <= float(self.weight) <= 1.0:
+            raise ValueError(f"weight must be in [0, 1], got {self.weight!r}.")
+        X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
+        self.mean_ = float(np.mean(y))
+        self.estimator_ = make_trend(self.estimator).fit(X, y)
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self, "estimator_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return self.mean_ + float(self.weight) * (self.estimator_.predict(X) - self.mean_)
+
+
 class ClipToRange(TransformerMixin, BaseEstimator):
     """Clip every feature to the range seen in ``fit``: a guard against extrapolating a linear trend.
 
@@ -133,6 +214,7 @@ def make_trend(spec="lightgbm", random_state=0, n_jobs: int = 1):
     Parameters
     ----------
     spec : {"lightgbm", "rf", "linear", "none"} or scikit-learn regressor
+        (``"auto"`` is a choice the :class:`~downscale.Downscaler` makes among these; it is not a model.)
         ``"lightgbm"``: :class:`LightGBMTrend`. ``"rf"``: a
         :class:`~sklearn.ensemble.RandomForestRegressor` (300 trees, 2 samples per leaf, half the
         features per split). ``"linear"``: ridge regression with the penalty chosen by
@@ -153,12 +235,21 @@ def make_trend(spec="lightgbm", random_state=0, n_jobs: int = 1):
             return LightGBMTrend(random_state=random_state, n_jobs=n_jobs)
         if spec == "rf":
             return RandomForestRegressor(
-                n_estimators=300, min_samples_leaf=2, max_features=0.5, n_jobs=n_jobs, random_state=random_state
+                n_estimators=300,
+                min_samples_leaf=2,
+                max_features=0.5,
+                n_jobs=n_jobs,
+                random_state=random_state,
             )
         if spec == "linear":
             return make_pipeline(ClipToRange(), StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
         if spec == "none":
             return DummyRegressor(strategy="mean")
+        if spec == "auto":
+            raise ValueError(
+                "trend='auto' is a selection among 'none', 'linear', 'rf' and 'lightgbm' made by "
+                "downscale.Downscaler.fit; give make_trend one of those names."
+            )
         raise ValueError(
             f"trend must be one of {TREND_NAMES} or a scikit-learn regressor instance, got {spec!r}."
         )

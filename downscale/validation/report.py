@@ -108,6 +108,39 @@ def _figure(fig, output: Path, name: str, figures: list, caption: str):
     return f"![{caption}]({name})\n"
 
 
+def _selection_lines(model) -> list:
+    """The "Trend selection" section for a fitted Downscaler (nothing for other models)."""
+    chosen = getattr(model, "selected_trend_", None)
+    if chosen is None:
+        return []
+    lines = ["## Trend selection", ""]
+    table = getattr(model, "cv_results_", None)
+    used, seen = list(getattr(model, "features_used_", [])), list(getattr(model, "feature_names_", []))
+    if table is None:
+        lines.append(f"Trend: {chosen}, set by the user (no selection).")
+    else:
+        weight = getattr(model, "trend_weight_", 1.0)
+        lines.append(
+            f"Trend chosen by spatial cross-validation on the coarse cells and the Wald check: **{chosen}**"
+            + (
+                f", shrunk toward the constant with weight {weight:.2f}"
+                if chosen != "none" and weight < 1
+                else ""
+            )
+            + ". Scores are RMSE ratios to the constant trend (the larger of the CV and Wald ratios); the "
+            "simplest candidate within 2 % of the best wins."
+        )
+        lines += ["", markdown_table(table, index=False)]
+    left_out = [name for name in seen if name not in used]
+    if left_out:
+        lines += [
+            "",
+            f"Covariates left out of the trend (their block means keep too little of their fine "
+            f"spread): {', '.join(left_out)}.",
+        ]
+    return [*lines, ""]
+
+
 def write_report(
     output,
     prediction: xr.DataArray,
@@ -122,6 +155,7 @@ def write_report(
     cv=None,
     wald=None,
     shap=None,
+    model=None,
     title: str | None = None,
     notes=(),
     n_boot: int = 1000,
@@ -144,6 +178,8 @@ def write_report(
     cv : CrossValidationResult or dict of str to CrossValidationResult, optional
     wald : WaldResult, optional
     shap : downscale.explain.ShapValues, optional
+    model : downscale.Downscaler, optional
+        The fitted model: its trend selection (``selected_trend_``, ``cv_results_``) is reported.
     title : str, optional
     notes : sequence of str
         Extra lines for the report's header (e.g. assumptions made reading the inputs).
@@ -304,6 +340,8 @@ def write_report(
                 "area of applicability",
             )
         )
+
+    lines += _selection_lines(model)
 
     if cv is not None:
         results = cv if isinstance(cv, dict) else {"cross-validation": cv}

@@ -1,0 +1,249 @@
+"""Tests for ``Downscaler(trend="auto")``: the choice of the trend, shrinkage, the Wald check, retention.
+
+The negative control runs on 10 seeds of small scenes whose truth is a smooth random field and whose
+covariates (terrain and NDVI of another scene) are unrelated to it: the default must then be no worse
+than 1.05 x ATPK of the field alone and no worse than bicubic interpolation.
+"""
+
+import numpy as np
+import pytest
+import xarray as xr
+from scipy import ndimage
+
+import downscale as ds
+from downscale.downscaler import AUTO_CANDIDATES, Downscaler, _kriging_weights
+from downscale.kriging.variogram import VariogramModel
+from downscale.models.trend import ShrunkTrend
+
+FACTOR = 10
+SEEDS = range(10)
+
+
+def _rmse(field, truth):
+    values = np.asarray(field.values if hasattr(field, "values") else field) - truth.values
+    return float(np.sqrt(np.nanmean(values**2)))
+
+
+def _bicubic(coarse, factor):
+    """Bicubic interpolation between coarse cell centres (edges held), on the nested fine grid."""
+    values = ndimage.zoom(coarse.values, factor, order=3, mode="nearest", grid_mode=True)
+    return ds.grid.upsample(coarse, factor).copy(data=values)
+
+
+def _unrelated_scene(seed, shape=(120, 120)):
+    """A smooth random truth, and covariates from an independent synthetic scene."""
+    grid = ds.datasets.synthetic_scene("lst", seed=1000 + seed, shape=shape, factor=FACTOR)
+    noise = np.random.default_rng(seed).standard_normal(shape)
+    smooth = ndimage.gaussian_filter(noise, sigma=12, mode="wrap")
+    truth = grid.dem.copy(data=280.0 + 3.0 * smooth / smooth.std()).rename("field")
+    truth.attrs = {"units": "K"}
+    coarse = ds.grid.block_mean(truth, FACTOR)
+    X = ds.covariates.build(dem=grid.dem, ndvi=grid.ndvi, location=False, tpi_radii=(1000.0, 5000.0))
+    return truth, coarse, X
+
+
+@pytest.fixture(scope="module")
+def negative_control():
+    rows = []
+    for seed in SEEDS:
+        truth, coarse, X = _unrelated_scene(seed)
+        auto = Downscaler(calibrate_std=False).fit(coarse, X)
+        field_alone = Downscaler(trend="none", calibrate_std=False).fit(coarse, X)
+        rows.append(
+            dict(
+                seed=seed,
+                selected=auto.selected_trend_,
+                weight=auto.trend_weight_,
+                auto=_rmse(auto.predict(X), truth),
+                atpk=_rmse(field_alone.predict(X), truth),
+                bicubic=_rmse(_bicubic(coarse, FACTOR), truth),
+            )
+        )
+    return rows
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_negative_control_no_worse_than_atpk_of_the_field_or_bicubic(negative_control, seed):
+    row = negative_control[seed]
+    assert row["auto"] <= 1.05 * row["atpk"], row
+    assert row["auto"] <= row["bicubic"], row
+
+
+def test_negative_control_mostly_keeps_the_constant_trend(negative_control):
+    kept = [row["selected"] == "none" or row["weight"] < 0.5 for row in negative_control]
+    assert sum(kept) >= 8, negative_control
+
+
+@pytest.fixture(scope="module")
+def lst():
+    scene = ds.datasets.synthetic_scene("lst", seed=0, shape=(200, 200), factor=FACTOR)
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
+    model = Downscaler(calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    return scene, X, model
+
+
+def test_lst_follows_elevation_so_a_covariate_trend_is_chosen(lst):
+    scene, X, model = lst
+    table = model.cv_results_
+    assert table["trend"].tolist() == list(AUTO_CANDIDATES)
+    assert list(table.columns) == [
+        "trend",
+        "n_features",
+        "weight",
+        "cv_rmse",
+        "cv_rmse_unshrunk",
+        "wald_rmse",
+        "score",
+        "selected",
+    ]
+    assert model.selected_trend_ != "none" and table["selected"].sum() == 1
+    chosen = table.set_index("trend").loc[model.selected_trend_]
+    none = table.set_index("trend").loc["none"]
+    assert chosen["score"] < 0.9 and none["score"] == 1.0 and chosen["selected"]
+    assert chosen["score"] == pytest.approx(table["score"].min(), rel=0.02)
+    assert np.isfinite(none["wald_rmse"]) and np.isfinite(chosen["wald_rmse"])  # 20 x 20 cells: Wald runs
+    # The downscaled field beats the constant trend against the fine truth (measured: 0.85 x).
+    field_alone = Downscaler(trend="none", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    assert _rmse(model.predict(X), scene.truth) < 0.9 * _rmse(field_alone.predict(X), scene.truth)
+    assert f"auto (chose {model.selected_trend_}" in model.predict(X).attrs["downscale_method"]
+
+
+def test_covariates_whose_block_means_lose_their_spread_are_left_out(lst):
+    scene, X, model = lst
+    assert model.feature_names_ == list(X.data_vars)
+    np.testing.assert_array_equal(model.feature_names_in_, list(X.data_vars))
+    retention = dict(zip(model.feature_names_, model.retention_, strict=True))
+    assert retention["elevation"] > 0.95 and retention["profile_curvature"] < 0.2
+    assert "elevation" in model.features_used_
+    assert not {"profile_curvature", "plan_curvature", "tpi_1km"} & set(model.features_used_)
+    assert model.trend_models_[0].n_features_in_ == len(model.features_used_)
+    # Prediction still needs (and checks) every covariate seen in fit.
+    with pytest.raises(ValueError, match=r"X is missing covariate\(s\) \['tpi_1km'\] seen in fit"):
+        model.predict(X.drop_vars("tpi_1km"))
+
+
+def test_applicability_and_shap_use_only_the_features_of_the_trend(lst):
+    scene, X, model = lst
+    explained = ds.explain.shap_values(model, X, sample=200)
+    assert list(explained.values.columns) == model.features_used_
+    dissimilarity, inside, _ = ds.explain.applicability(model, X, sample=200)
+    assert float(inside.where(scene.mask).mean()) > 0.5
+
+
+def test_the_tie_rule_prefers_the_simpler_model(rng):
+    # The truth is linear in one covariate: trees get close, linear is exact and simplest.
+    grid = ds.grid.make_grid((120, 120), 1000.0, crs="EPSG:32632")
+    yy, xx = np.mgrid[0:120, 0:120] / 120.0
+    a = ndimage.gaussian_filter(rng.standard_normal((120, 120)), 8)
+    a /= a.std()
+    truth = xr.DataArray(5.0 + 2.0 * a, dims=("y", "x"), coords=grid.coords, name="t")
+    X = xr.Dataset({"a": truth.copy(data=a), "ramp": truth.copy(data=xx + yy)})
+    model = Downscaler(calibrate_std=False).fit(ds.grid.block_mean(truth, FACTOR), X)
+    table = model.cv_results_.set_index("trend")
+    assert model.selected_trend_ == "linear" and model.trend_weight_ == 1.0
+    assert table.loc["linear", "score"] <= table["score"].min() * 1.02
+
+
+def test_few_coarse_cells_keep_the_constant_trend_and_skip_the_wald_check():
+    scene = ds.datasets.synthetic_scene("lst", seed=3, shape=(50, 50), factor=FACTOR)
+    X = ds.covariates.build(dem=scene.dem, features=["elevation"], location=True)
+    model = Downscaler(calibrate_std=False).fit(scene.coarse, X)  # 5 x 5 = 25 cells < 30
+    assert model.selected_trend_ == "none" and model.cv_results_["cv_rmse"].isna().all()
+    scene = ds.datasets.synthetic_scene("lst", seed=3, shape=(100, 100), factor=FACTOR)
+    X = ds.covariates.build(dem=scene.dem, features=["elevation"], location=True)
+    model = Downscaler(calibrate_std=False).fit(scene.coarse, X)  # 10 x 10: the CV runs, Wald does not
+    assert model.cv_results_["cv_rmse"].notna().all() and model.cv_results_["wald_rmse"].isna().all()
+
+
+def test_shrinkage_weight_is_the_least_squares_blend_of_the_cv_residuals(lst):
+    scene, X, model = lst
+    table = model.cv_results_.set_index("trend")
+    for name in ("linear", "rf", "lightgbm"):
+        row = table.loc[name]
+        assert 0.0 <= row["weight"] <= 1.0
+        # The optimum of a - w b over w in [0, 1] is never worse than w = 1 (within rounding of w).
+        assert row["cv_rmse"] <= row["cv_rmse_unshrunk"] * (1 + 1e-3)
+    if model.trend_weight_ < 1:
+        assert isinstance(model.trend_spec_, ShrunkTrend)
+
+
+def test_kriging_weights_sum_to_one_and_honour_a_known_field():
+    yy, xx = np.mgrid[0:8, 0:8] * 1000.0
+    coords = np.column_stack([xx.ravel(), yy.ravel()])
+    train = np.arange(0, 64, 2)
+    test = np.arange(1, 64, 2)
+    variogram = VariogramModel("exponential", sill=1.0, range=5000.0)
+    neighbours, weights = _kriging_weights(coords, train, test, variogram, 9)
+    assert neighbours.shape == weights.shape == (32, 9)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-9)
+    # Ordinary kriging reproduces a constant exactly, and a flat variogram gives the plain mean.
+    values = np.full(64, 3.5)
+    np.testing.assert_allclose((weights * values[neighbours]).sum(axis=1), 3.5)
+    _, flat = _kriging_weights(coords, train, test, VariogramModel("exponential", sill=0.0, range=1.0), 4)
+    np.testing.assert_allclose(flat, 0.25)
+
+
+@pytest.mark.parametrize("trend", [*AUTO_CANDIDATES, ShrunkTrend("lightgbm", weight=0.5)])
+@pytest.mark.parametrize("variable", ["precipitation", "soil_moisture"])
+def test_every_candidate_is_coherent_and_within_bounds(trend, variable):
+    scene = ds.datasets.synthetic_scene(variable, seed=4, shape=(100, 100), factor=FACTOR)
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, tpi_radii=(5000.0,))
+    mask = scene.mask if variable == "soil_moisture" else None
+    fine = Downscaler(trend=trend, calibrate_std=False).fit(scene.coarse, X, mask=mask).predict(X)
+    back = ds.grid.block_mean(fine, FACTOR).values
+    ok = np.isfinite(scene.coarse.values) & np.isfinite(back)
+    assert ok.sum() > 0.8 * np.isfinite(scene.coarse.values).sum()
+    np.testing.assert_allclose(back[ok], scene.coarse.values[ok], rtol=1e-9, atol=1e-12)
+    low, high = scene.bounds
+    values = fine.values[np.isfinite(fine.values)]
+    assert values.min() >= low and (high is None or values.max() <= high)
+
+
+@pytest.mark.parametrize("temporal", ["per_step", "pooled"])
+def test_auto_with_a_time_axis(temporal):
+    scene = ds.datasets.synthetic_scene("precipitation", seed=2, n_times=2, shape=(100, 100), factor=FACTOR)
+    X = ds.covariates.build(dem=scene.dem, features=["elevation", "slope"], location=True)
+    model = Downscaler(temporal=temporal, calibrate_std=False).fit(scene.coarse, X)
+    fine = model.predict(X)
+    assert fine.dims == ("time", "y", "x") and model.selected_trend_ in AUTO_CANDIDATES
+    back = ds.grid.block_mean(fine, FACTOR).values
+    np.testing.assert_allclose(back, scene.coarse.values, rtol=1e-9, atol=1e-12)
+
+
+def test_auto_is_the_default_and_make_trend_refuses_it():
+    assert Downscaler().trend == "auto"
+    from downscale.models import make_trend
+
+    with pytest.raises(
+        ValueError, match="trend='auto' is a selection among 'none', 'linear', 'rf' and 'lightgbm'"
+    ):
+        make_trend("auto")
+
+
+def test_explicit_trends_use_every_covariate_and_report_no_table(lst):
+    scene, X, _ = lst
+    model = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    assert model.features_used_ == model.feature_names_ and model.cv_results_ is None
+    assert model.selected_trend_ == "linear" and model.trend_weight_ == 1.0
+
+
+def test_report_and_demo_show_the_selection(lst, tmp_path, monkeypatch, capsys):
+    scene, X, model = lst
+    from downscale.validation.report import write_report
+
+    path = write_report(tmp_path / "report", model.predict(X), model=model, n_boot=10)
+    text = path.read_text()
+    assert "## Trend selection" in text and f"**{model.selected_trend_}**" in text
+    assert "| none |" in text and "cv_rmse" in text
+    assert "Covariates left out of the trend" in text and "profile_curvature" in text
+
+    from downscale import cli
+
+    # A small scene on which the constant trend wins keeps the demo quick (no SHAP of a forest).
+    small = ds.datasets.synthetic_scene("precipitation", seed=0, shape=(200, 200), factor=FACTOR)
+    monkeypatch.setattr(ds.datasets, "synthetic_scene", lambda variable, seed=0: small)
+    assert cli.main(["demo", "--output", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    assert "trend chosen by spatial cross-validation: none" in printed
+    assert "cv_rmse_unshrunk" in printed
+    assert "**none**" in (tmp_path / "demo" / "report.md").read_text()
