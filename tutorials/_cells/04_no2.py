@@ -168,8 +168,9 @@ fig = ds.plot.plot_aoa(dissimilarity, inside, title="AOA of the LightGBM trend (
 # %%
 error = abs(predictions["LightGBM, log1p"] - truth)
 error.attrs = {"long_name": "|LightGBM - truth|", "units": "umol m-2"}
-fig = ds.plot.plot_maps({"absolute error, LightGBM": error, "elevation": X["elevation"]},
-                        cmap={"absolute error, LightGBM": "Reds", "elevation": "terrain"}, figsize_per_panel=3.8)
+aoa_map = inside.astype(float).assign_attrs(long_name="inside the AOA (1) or not (0)", units="1")
+fig = ds.plot.plot_maps({"absolute error, LightGBM": error, "area of applicability": aoa_map},
+                        cmap={"absolute error, LightGBM": "Reds", "area of applicability": "RdYlGn"}, figsize_per_panel=3.8)
 pd.DataFrame({
     "share of pixels": [float(inside.mean()), float(1 - inside.mean())],
     "mean |error| [umol m-2]": [float(error.where(inside).mean()), float(error.where(~inside).mean())],
@@ -177,13 +178,14 @@ pd.DataFrame({
 }, index=["inside the AOA", "outside the AOA"]).round(3)
 
 # %% [markdown]
-# About a third of the pixels are outside the AOA, nearly all of them steep: the slope of a 10 km
-# block mean never reaches the slope of the steepest 1 km pixels (averaging smooths the extremes away),
-# so the trend has never seen such values. That is useful to know and it is what the AOA is for:
-# **covariate values the training cells do not cover**.
+# About a third of the pixels are outside the AOA, in threads along ridges and valleys: combinations
+# of elevation and slope that no 10 km cell has, since averaging smooths the extremes away (about a
+# quarter of them are steeper than the steepest 10 km average). The trend extrapolates there. That
+# is useful to know and it is what the AOA is for: **covariate values the training cells do not cover**.
 #
 # But the errors are hardly larger outside than inside, and most hot-spot pixels, where the errors are
-# largest, are *inside* the AOA. The AOA answers "has the trend seen covariates like these?", not
+# largest (left map: the plumes), are *inside* the AOA (right map: no trace of the plumes). The AOA
+# answers "has the trend seen covariates like these?", not
 # "do these covariates explain the field?". A hot spot in the lowlands has ordinary terrain; the
 # trend has seen plenty of lowland cells, and is confidently wrong there. When the driver of the fine
 # structure is missing from the covariates, no covariate-space check can find it. Only other evidence
