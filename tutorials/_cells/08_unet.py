@@ -145,8 +145,9 @@ fig = ds.plot.plot_maps(panels, share=list(panels), cmap="Blues", ncols=3, figsi
 #   ("coherent bilinear") takes the RMSE from 1.83 to about 1.3 mm. The UNet is only a few per cent
 #   better than that. The training curve above says the same: the loss on the held-out strip hardly
 #   moves, so the small network, trained for a few epochs by the Wald protocol, learns little beyond
-#   its constraint layer. With more days and epochs it learns more (see `benchmarks/bench_unet.py`), but
-#   measure it against the coherent baseline, not against plain bilinear interpolation.
+#   its constraint layer. A larger network, more days and more epochs may learn more
+#   (`benchmarks/bench_unet.py` measures it); whatever you train, measure it against the coherent
+#   baseline, not against plain bilinear interpolation.
 # - **ATPRK is no better than the UNet here**: elevation explains some of the orographic enhancement,
 #   but the storms that decide where it rains are not in the terrain.
 # - **Plain ATPK, without any covariate, is the best of all**, also on the wettest pixels: it places the
