@@ -4,18 +4,28 @@ Measured figures (trend="lightgbm"), RMSE as a fraction of bilinear interpolatio
 nominal 90 % intervals: lst 0.80 / 0.96, precipitation 0.97 / 0.95, no2 1.02 / 0.94, soil moisture
 0.86 / 0.40. The 0.8 x bilinear target and the soil-moisture coverage are not met yet: they are
 pinned below as strict expected failures so that an improvement shows up.
+
+The default (trend="auto") against the best of its candidates, each alone on the covariates the
+selection gives it (the positive control; RMSE against truth, measured): lst 0.464 (linear) vs 0.464
+(linear); precipitation 2.155 (none) vs 2.155 (none); no2 4.93 (rf, weight 0.89) vs 4.76 (none), 1.04 x;
+soil moisture 0.0533 (linear, weight 0.56) vs 0.0470 (lightgbm), 1.13 x: the coarse cells cannot show
+that the trees' use of the fine TWI pays off, so that target is pinned as a strict expected failure.
+As a fraction of bilinear the default gives lst 0.51, precipitation 0.51, no2 0.95, soil moisture 0.96.
 """
 
 import numpy as np
 import pytest
 
 import downscale as ds
-from downscale.downscaler import Downscaler
+from downscale.downscaler import AUTO_CANDIDATES, Downscaler
+from downscale.models.trend import MIN_RETENTION
 
 pytestmark = pytest.mark.slow
 
 RATIO_MET = {"lst": False, "precipitation": False, "no2": False, "soil_moisture": False}
 COVERAGE_MET = {"lst": True, "precipitation": True, "no2": True, "soil_moisture": False}
+DEFAULT_RATIO_MET = {"lst": True, "precipitation": True, "no2": False, "soil_moisture": False}
+POSITIVE_CONTROL_MET = {"lst": True, "precipitation": True, "no2": True, "soil_moisture": False}
 
 
 @pytest.fixture(scope="module", params=["lst", "precipitation", "no2", "soil_moisture"])
@@ -26,14 +36,27 @@ def result(request):
     mask = scene.mask if variable in ("lst", "soil_moisture") else None
     model = Downscaler(trend="lightgbm").fit(scene.coarse, X, mask=mask)
     fine, std = model.predict(X, return_std=True)
-    trend_only = Downscaler(trend="lightgbm", residual="none", calibrate_std=False).fit(scene.coarse, X, mask=mask)
+    trend_only = Downscaler(trend="lightgbm", residual="none", calibrate_std=False).fit(
+        scene.coarse, X, mask=mask
+    )
     valid = np.isfinite(scene.truth.values)
 
     def rmse(field):
         return float(np.sqrt(np.nanmean((field.values - scene.truth.values)[valid] ** 2)))
 
+    auto = Downscaler(calibrate_std=False).fit(scene.coarse, X, mask=mask)
+    candidates = {}
+    for name in AUTO_CANDIDATES:
+        used = [
+            n for n, r in zip(auto.feature_names_, auto.retention_, strict=True) if r >= MIN_RETENTION[name]
+        ]
+        alone = Downscaler(trend=name, calibrate_std=False).fit(scene.coarse, X[used], mask=mask)
+        candidates[name] = rmse(alone.predict(X[used]))
+
     return dict(
         variable=variable,
+        rmse_default=rmse(auto.predict(X)),
+        rmse_candidates=candidates,
         scene=scene,
         fine=fine,
         std=std,
@@ -64,14 +87,36 @@ def test_no_worse_than_the_trend_alone(result):
 
 def test_rmse_at_most_0_8_of_bilinear(result, request):
     if not RATIO_MET[result["variable"]]:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="skill target not met yet (see module notes)"))
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="skill target not met yet (see module notes)")
+        )
     assert result["rmse"] <= 0.8 * result["rmse_bilinear"]
 
 
 def test_90_percent_intervals_cover_80_to_97_percent(result, request):
     if not COVERAGE_MET[result["variable"]]:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="std calibration misses (see module notes)"))
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="std calibration misses (see module notes)")
+        )
     fine, std, truth = result["fine"], result["std"], result["scene"].truth
     inside = np.abs(fine.values - truth.values) <= 1.6448536269514722 * std.values
     coverage = float(np.mean(inside[result["valid"]]))
     assert 0.80 <= coverage <= 0.97
+
+
+def test_default_rmse_at_most_0_8_of_bilinear(result, request):
+    if not DEFAULT_RATIO_MET[result["variable"]]:
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="skill target not met yet (see module notes)")
+        )
+    assert result["rmse_default"] <= 0.8 * result["rmse_bilinear"]
+
+
+def test_positive_control_default_within_5_percent_of_the_best_candidate(result, request):
+    if not POSITIVE_CONTROL_MET[result["variable"]]:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="selection misses (see module notes)"))
+    assert result["rmse_default"] <= 1.05 * min(result["rmse_candidates"].values())
+
+
+def test_default_no_worse_than_bilinear(result):
+    assert result["rmse_default"] <= result["rmse_bilinear"]
