@@ -4,7 +4,8 @@ On multi-time synthetic scenes with known fine truth (default: 400 x 400 fine ce
 of 1 km, factor 25, 30 daily time steps), for each variable it prints
 
 * RMSE against the fine truth of bilinear interpolation, ATPRK and the UNet, and the
-  UNet's RMSE as a ratio of the other two (below 1: the UNet is better);
+  UNet's RMSE as a ratio of the other two (below 1: the UNet is better); also as a ratio of
+  coherent bilinear (bilinear made coherent, i.e. the untrained UNet: what training adds);
 * the UNet's largest relative coherence error, max |block_mean(fine) - coarse| / max |coarse|;
 * its smallest value (precipitation must stay >= 0);
 * training and prediction wall time (the issue asks for training under 3 minutes on 2 cores).
@@ -24,6 +25,7 @@ import warnings
 import numpy as np
 
 import downscale as ds
+from downscale.models.transforms import coherent_correction
 from downscale.models.unet import UNetDownscaler
 
 
@@ -61,7 +63,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     shape, factor, n_times = ((200, 200), 10, 10) if args.quick else ((400, 400), 25, args.n_times)
 
-    rows = []
+    print(
+        f"UNetDownscaler (Wald) vs ATPRK and bilinear: {shape[0]} x {shape[1]} fine cells, factor {factor}, "
+        f"{n_times} time steps, {args.threads} torch thread(s). RMSE against the fine truth."
+    )
+    header = (
+        f"{'variable':<14}{'bilinear':>10}{'ATPRK':>10}{'UNet':>10}{'UNet/bil':>10}{'UNet/ATPRK':>11}{'UNet/cbil':>10}"
+        f"{'coherence':>11}{'min':>10}{'epochs':>8}{'fit s':>8}{'pred s':>8}{'ATPRK s':>9}"
+    )
+    print(header)
+    print("-" * len(header), flush=True)
     for variable in args.variables:
         scene = ds.datasets.synthetic_scene(
             variable, seed=args.seed, n_times=n_times, shape=shape, factor=factor
@@ -69,7 +80,11 @@ def main(argv=None):
         X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
         mask = scene.mask if variable in ("lst", "soil_moisture") else None
         truth = scene.truth.values
-        bilinear = ds.grid.upsample(scene.coarse, factor, "bilinear").values
+        bilinear = ds.grid.upsample(scene.coarse, factor, "bilinear")
+        if mask is not None:
+            bilinear = bilinear.where(mask)
+        coherent_bilinear = coherent_correction(bilinear, scene.coarse).values
+        bilinear = bilinear.values
 
         model = UNetDownscaler(max_epochs=args.max_epochs, seed=args.seed, n_threads=args.threads)
         start = time.perf_counter()
@@ -84,36 +99,14 @@ def main(argv=None):
             np.max(np.abs(back.values - scene.coarse.values)[valid]) / np.nanmax(np.abs(scene.coarse.values))
         )
         atprk_fields, atprk_time = (None, None) if args.no_atprk else atprk(scene, X)
-        rows.append(
-            {
-                "variable": variable,
-                "bilinear": rmse(bilinear, truth),
-                "atprk": np.nan if atprk_fields is None else rmse(atprk_fields, truth),
-                "unet": rmse(fine.values, truth),
-                "coherence": coherence,
-                "minimum": float(np.nanmin(fine.values)),
-                "epochs": f"{model.best_epoch_}/{len(model.history_)}",
-                "fit_s": fit_time,
-                "predict_s": predict_time,
-                "atprk_s": np.nan if atprk_time is None else atprk_time,
-            }
-        )
-
-    print(
-        f"UNetDownscaler (Wald) vs ATPRK and bilinear: {shape[0]} x {shape[1]} fine cells, factor {factor}, "
-        f"{n_times} time steps, {args.threads} torch threads. RMSE against the fine truth."
-    )
-    header = (
-        f"{'variable':<14}{'bilinear':>10}{'ATPRK':>10}{'UNet':>10}{'UNet/bil':>10}{'UNet/ATPRK':>11}"
-        f"{'coherence':>11}{'min':>10}{'epochs':>8}{'fit s':>8}{'pred s':>8}{'ATPRK s':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
+        unet, bil, cbil = rmse(fine.values, truth), rmse(bilinear, truth), rmse(coherent_bilinear, truth)
+        atprk_rmse = np.nan if atprk_fields is None else rmse(atprk_fields, truth)
         print(
-            f"{r['variable']:<14}{r['bilinear']:>10.4g}{r['atprk']:>10.4g}{r['unet']:>10.4g}"
-            f"{r['unet'] / r['bilinear']:>10.3f}{r['unet'] / r['atprk']:>11.3f}{r['coherence']:>11.1e}"
-            f"{r['minimum']:>10.4g}{r['epochs']:>8}{r['fit_s']:>8.1f}{r['predict_s']:>8.1f}{r['atprk_s']:>9.1f}"
+            f"{variable:<14}{bil:>10.4g}{atprk_rmse:>10.4g}{unet:>10.4g}"
+            f"{unet / bil:>10.3f}{unet / atprk_rmse:>11.3f}{unet / cbil:>10.3f}{coherence:>11.1e}"
+            f"{float(np.nanmin(fine.values)):>10.4g}{f'{model.best_epoch_}/{len(model.history_)}':>8}"
+            f"{fit_time:>8.1f}{predict_time:>8.1f}{np.nan if atprk_time is None else atprk_time:>9.1f}",
+            flush=True,
         )
 
 

@@ -94,6 +94,27 @@ def test_wald_lst_learns_the_covariates_beyond_coherent_bilinear(lst):
     assert history[model.best_epoch_ - 1]["validation_loss"] < history[0]["validation_loss"]
 
 
+def test_without_improvement_the_model_stays_the_coherent_baseline(lst):
+    """Epoch 0 (zero correction) is an early-stopping candidate: never worse, at the training scale, than it."""
+    scene, X, _ = lst
+    settings = dict(TINY, max_epochs=2, base_channels=4, depth=1, learning_rate=1e-12)
+    with pytest.warns(UserWarning, match="No training epoch improved on the untrained network"):
+        model = UNetDownscaler(**settings).fit(scene.coarse, X, mask=scene.mask)
+    assert model.best_epoch_ == 0
+    fine, std = model.predict(X, return_std=True, coarse=scene.coarse.isel(time=[0, 1]))
+    bilinear = ds.grid.upsample(scene.coarse.isel(time=[0, 1]), FACTOR, "bilinear").where(scene.mask)
+    expected = coherent_correction(bilinear, scene.coarse.isel(time=[0, 1]))
+    # Next to NaN (sea) coarse cells the model's baseline uses nearest-filled values: compare elsewhere.
+    from scipy import ndimage
+
+    inland = ndimage.minimum_filter(np.isfinite(scene.coarse.values[:2]), size=(1, 3, 3), mode="nearest")
+    compared = np.repeat(np.repeat(inland, FACTOR, axis=-2), FACTOR, axis=-1) & scene.mask.values
+    assert compared.mean() > 0.7
+    # The network runs in float32: 1e-4 K is a few float32 steps at 300 K.
+    np.testing.assert_allclose(fine.values[compared], expected.values[compared], rtol=0, atol=1e-4)
+    assert float(np.nanmax(std.values)) == 0.0
+
+
 def test_return_std_from_mc_dropout(precipitation):
     scene, X, model = precipitation
     coarse = scene.coarse.isel(time=[0, 1])
@@ -155,6 +176,7 @@ def test_supervised_mode_generalises_to_new_days():
     assert rmse(fine, truth) < 0.8 * rmse(bilinear, truth)
 
 
+@pytest.mark.filterwarnings("ignore:No training epoch improved")
 def test_coherence_on_a_geographic_grid_uses_area_weights():
     """Rows at 54-62 N differ in area by about 17 %; the constraint must use block_mean's weights."""
     scene = ds.datasets.synthetic_scene("precipitation", seed=4, n_times=8, shape=(160, 160), factor=FACTOR)
@@ -248,3 +270,41 @@ def test_without_torch_the_package_imports_and_the_model_says_what_to_install():
     assert result.returncode == 0, result.stderr
     assert "pip install torch==2.13.0" in result.stdout
     assert 'pip install -e ".[unet]"' in result.stdout
+
+
+def test_verbose_logs_the_losses(precipitation, caplog):
+    scene, X, _ = precipitation
+    settings = dict(TINY, max_epochs=2, base_channels=4, depth=1)
+    with caplog.at_level("INFO", logger="downscale.models.unet"):
+        model = UNetDownscaler(**settings, verbose=True).fit(scene.coarse, X)
+    messages = [r.getMessage() for r in caplog.records if r.name == "downscale.models.unet"]
+    assert len(messages) == len(model.history_) == 2
+    assert messages[0].startswith("epoch 1: train loss ")
+
+
+@pytest.mark.parametrize("constraint", ["additive", "multiplicative", "softmax"])
+def test_constraint_layers_make_blocks_average_to_the_coarse_value(constraint):
+    """The layers alone, on random corrections: exact block means, and >= 0 where the variable is."""
+    from downscale.models.unet import _block_mean_torch, _constrain
+
+    generator = torch.Generator().manual_seed(0)
+    factor = 4
+    correction = 3 * torch.randn(2, 1, 16, 16, generator=generator, dtype=torch.float64)
+    weights = torch.ones(2, 1, 16, 16, dtype=torch.float64)
+    weights[..., :2, :] = 0.5  # unequal (area) weights
+    weights[..., -1, -1] = 0.0  # a pixel outside the mask
+    coarse = torch.rand(2, 1, 4, 4, generator=generator, dtype=torch.float64) * 10
+    if constraint == "additive":
+        coarse = coarse - 5  # unbounded: negative values too
+    else:
+        coarse[0, 0, 1, 2] = 0.0  # a dry coarse cell
+    baseline = torch.repeat_interleave(torch.repeat_interleave(coarse, factor, -2), factor, -1)
+    output = _constrain(correction, baseline, coarse, weights, factor, constraint, scale=2.0)
+    torch.testing.assert_close(_block_mean_torch(output, weights, factor), coarse, rtol=1e-10, atol=1e-10)
+    if constraint != "additive":
+        assert float(output.min()) >= 0
+        assert torch.all(output[0, 0, 4:8, 8:12] == 0)  # a dry coarse cell gives a dry block
+    else:
+        assert float(output.min()) < 0
+    free = _constrain(correction, baseline, coarse, weights, factor, "none", scale=2.0)
+    torch.testing.assert_close(free, baseline + 2.0 * correction)
