@@ -8,7 +8,10 @@ The model
 ---------
 ``model.type: downscaler`` (the default): a :class:`~downscale.Downscaler`
 with ``model.parameters`` is fitted on every time step, in tiles (below).
-Since nothing fitted carries over from one step to the next, its "saved
+Without a ``trend`` parameter it is the default ``trend="auto"``: the trend is
+chosen on every step by spatial cross-validation on the coarse cells, as in
+``Downscaler.fit`` (the covariates' fine spread for the retention filter is
+gathered tile by tile). Since nothing fitted carries over from one step to the next, its "saved
 model" is its parameter set: ``model.path`` names a JSON (or YAML) file of
 parameters, as written by :func:`save_model_parameters`; every run writes the
 one it used to ``<outputs.directory>/model.json``.
@@ -35,7 +38,8 @@ a domain four times larger is 2.4 GB). Everything that lives on the fine grid
 is therefore processed in tiles of ``tile x tile`` coarse cells, through dask,
 and never held whole:
 
-1. block means of the covariates, tile by tile (coarse-sized results);
+1. block means of the covariates and their fine spread, tile by tile
+   (coarse-sized results); ``trend="auto"`` chooses on these;
 2. the trend model, fitted on the coarse cells, is applied tile by tile and
    only the block means of its fine prediction are kept (the coarse residual);
 3. area-to-point kriging of the coarse residual, through the kriging module's
@@ -519,12 +523,6 @@ def _check_parameters(parameters, source, saved=None):
     for key in parameters:
         if key not in valid:
             raise ConfigError(f"{source}: unknown key {where(key)}.{_closest(key, valid)}")
-    if parameters.get("trend") == "auto":
-        raise ConfigError(
-            f"{source}: {where('trend')} 'auto' is not run by `downscale run` yet (its selection by "
-            f"cross-validation is not tiled). Choose one of linear, rf, lightgbm or none, e.g. the one "
-            f"Downscaler(trend='auto').fit(...).selected_trend_ picks on a few steps."
-        )
     if parameters.get("temporal", "per_step") != "per_step":
         raise ConfigError(
             f"{source}: {where('temporal')} must be 'per_step' in a run (one fit per time step), "
@@ -742,7 +740,33 @@ def _masked(features, mask):
 
 
 def _features_coarse_tile(features, mask, row_weights, factor):
-    return _block_mean_tile(_masked(features, mask), row_weights, factor)
+    """Block means of a feature tile, and per feature the count, mean and squared deviations of its pixels."""
+    features = _masked(features, mask)
+    k = features.shape[0]
+    flat = features.reshape(k, -1)
+    finite = np.isfinite(flat)
+    count = finite.sum(axis=1).astype(np.float64)
+    total = np.where(finite, flat, 0.0).sum(axis=1)
+    mean = np.divide(total, count, out=np.zeros(k), where=count > 0)
+    squares = np.where(finite, (flat - mean[:, None]) ** 2, 0.0).sum(axis=1)
+    return _block_mean_tile(features, row_weights, factor), np.stack([count, mean, squares])
+
+
+def _pooled_std(moments):
+    """Population std of every feature from per-tile ``(count, mean, squared deviations)`` (Chan et al.)."""
+    count = np.zeros(moments[0].shape[1])
+    mean = np.zeros_like(count)
+    squares = np.zeros_like(count)
+    for n_b, mean_b, squares_b in moments:
+        n = count + n_b
+        delta = mean_b - mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(n > 0, n_b / np.where(n > 0, n, 1.0), 0.0)
+        mean = mean + delta * share
+        squares = squares + squares_b + delta**2 * count * share
+        count = n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.sqrt(squares / np.where(count > 0, count, 1.0)), np.nan)
 
 
 def _trend_tile(model, features):
@@ -759,7 +783,7 @@ def _trend_tile(model, features):
 def _trend_pass_tile(model, features, mask, coarse_valid, row_weights, factor):
     """Block mean of the fine trend, and the count of covariate gaps under valid coarse cells."""
     features = _masked(features, mask)
-    trend = _trend_tile(model, features)
+    trend = _trend_tile(model, features[model._used_index()])
     fine_valid = np.repeat(np.repeat(coarse_valid, factor, axis=0), factor, axis=1)
     if mask is not None:
         fine_valid &= np.asarray(mask, dtype=bool)
@@ -852,7 +876,7 @@ def _fit_tiled(model, coarse, X, mask, tile):
     import dask.array as da
 
     from .models.transforms import make_transform
-    from .models.trend import make_trend
+    from .models.trend import make_trend, retention
 
     model._check_parameters()
     coarse = model._check_coarse(coarse)
@@ -867,13 +891,7 @@ def _fit_tiled(model, coarse, X, mask, tile):
     transform = make_transform(model.transform, bounds)
     model.feature_names_ = variables
     model.n_features_in_ = len(variables)
-    # What Downscaler.fit records for a trend given by name (every covariate used, full weight).
     model.feature_names_in_ = np.asarray(variables, dtype=object)
-    model.features_used_ = list(variables)
-    model.trend_spec_ = model.trend
-    model.selected_trend_ = model.trend if isinstance(model.trend, str) else type(model.trend).__name__
-    model.trend_weight_ = 1.0
-    model.cv_results_ = None
     model.factor_ = factor
     model.bounds_ = bounds
     model.transform_ = transform
@@ -918,9 +936,13 @@ def _fit_tiled(model, coarse, X, mask, tile):
                 k += 1
         return full
 
-    # 1. Block means of the covariates.
+    # 1. Block means of the covariates, and their fine spread (for the retention of trend="auto").
     parts = dask.compute(*tiles(lambda f, m, w, fac: _features_coarse_tile(f, m, w, fac)))
-    features_coarse = assemble(parts)[None]  # (1, k, cy, cx)
+    features_coarse = assemble(parts, 0)[None]  # (1, k, cy, cx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN covariates: retention 0
+        coarse_std = np.nanstd(features_coarse[0].reshape(len(variables), -1), axis=1)
+    model.retention_ = retention(_pooled_std([p[1] for p in parts]), coarse_std)
     z_coarse = transform.forward(values)
     n_valid = int((np.isfinite(z_coarse[0]) & np.isfinite(features_coarse[0]).all(axis=0)).sum())
     from .downscaler import MIN_CELLS_KRIGING, MIN_CELLS_TREND
@@ -931,12 +953,22 @@ def _fit_tiled(model, coarse, X, mask, tile):
             f"The coarse field has {n_valid} valid cell(s); the Downscaler needs at least {needed}. "
             f"Use a larger area, fill the gaps, or drop that time step."
         )
+    # 2. The trend: chosen as in Downscaler.fit (trend="auto" selects on the coarse cells alone).
+    if isinstance(model.trend, str) and model.trend == "auto":
+        model._select_trend(coarse, features_coarse, z_coarse, [[0]], transform)
+    else:
+        model.trend_spec_ = model.trend
+        model.selected_trend_ = model.trend if isinstance(model.trend, str) else type(model.trend).__name__
+        model.trend_weight_ = 1.0
+        model.cv_results_ = None
+        model.features_used_ = list(variables)
+    features_coarse = features_coarse[:, model._used_index()]
     train_rows, target = model._coarse_rows(features_coarse, z_coarse, [0])
-    trend = make_trend(model.trend, random_state=model.random_state, n_jobs=model.n_jobs)
+    trend = make_trend(model.trend_spec_, random_state=model.random_state, n_jobs=model.n_jobs)
     model.trend_models_ = [trend.fit(train_rows, target)]
     model.train_rows_ = train_rows
 
-    # 2. Block means of the fine trend (and covariate gaps under valid coarse cells).
+    # 3. Block means of the fine trend (and covariate gaps under valid coarse cells).
     coarse_valid = np.isfinite(values[0])
     parts = dask.compute(
         *tiles(
@@ -1021,7 +1053,7 @@ def _step_tiles(coarse, X, parameters, mask, tile, variables):
     _fit_tiled(model, coarse, X, mask, tile)
     factor = model.factor_
     fine_chunk = tile * factor
-    features = _feature_array(X, model.feature_names_, fine_chunk)
+    features = _feature_array(X, model.features_used_, fine_chunk)
     mask_array = _as_mask_array(mask, fine_chunk)
     row_weights = grid_module.block_sum_weights(X, factor)
     ny, nx = model.fine_shape_

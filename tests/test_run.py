@@ -90,6 +90,29 @@ def test_tiled_step_equals_in_memory_downscaler(variable, params, tile):
     assert ds.grid.get_crs(tiled) == ds.grid.get_crs(scene.coarse)
 
 
+def test_tiled_step_with_the_default_selects_the_trend_as_in_memory():
+    """trend="auto" in tiles: the same retention, the same choice and the same fields as Downscaler()."""
+    from downscale.run import _fit_tiled
+
+    scene = ds.datasets.synthetic_scene("lst", seed=0, shape=(200, 200), factor=10)
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, tpi_radii=(5000.0,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ds.Downscaler().fit(scene.coarse, X, mask=scene.mask)
+        tiled_model = _fit_tiled(ds.Downscaler(), scene.coarse, X, scene.mask, 7)
+        tiled = downscale_step(scene.coarse, X, {}, mask=scene.mask, tile=7, variables=["mean", "std"]).compute()
+        fine, std = model.predict(X, return_std=True)
+    np.testing.assert_allclose(tiled_model.retention_, model.retention_, rtol=1e-9)
+    # The scene has covariates whose block means keep little of their spread: some are left out.
+    assert len(model.features_used_) < len(model.feature_names_)
+    assert model.selected_trend_ != "none"
+    assert tiled_model.selected_trend_ == model.selected_trend_
+    assert tiled_model.features_used_ == model.features_used_
+    assert tiled_model.trend_weight_ == model.trend_weight_
+    np.testing.assert_allclose(tiled["lst"].values, fine.values, rtol=0, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(tiled["lst_std"].values, std.values, rtol=0, atol=1e-9, equal_nan=True)
+
+
 def test_tiled_step_uses_dask_backed_covariates_lazily():
     scene = ds.datasets.synthetic_scene("lst", seed=1, shape=(40, 40), factor=10)
     X = ds.covariates.build(dem=scene.dem, location=True, features=["elevation", "slope"]).fillna(0.0)
@@ -308,10 +331,6 @@ def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, capsys):
         (lambda c: c["outputs"].update(variables=["mean", "sdt"]), r"Did you mean 'std'\?"),
         (lambda c: c["model"]["parameters"].update(trend="forest"), r"trend must be one of"),
         (lambda c: c["inputs"].update(start="yesterday-ish"), r"'inputs.start' must be a date"),
-        (
-            lambda c: c["model"]["parameters"].update(trend="auto"),
-            r"'model.parameters.trend' 'auto' is not run by `downscale run` yet .*Choose one of linear, rf",
-        ),
     ],
 )
 def test_config_errors_name_the_key_and_the_fix(tmp_path, capsys, edit, match):
