@@ -334,7 +334,11 @@ def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, capsys):
     ],
 )
 def test_config_errors_name_the_key_and_the_fix(tmp_path, capsys, edit, match):
-    path = make_config(tmp_path)
+    assert_config_error(make_config(tmp_path), capsys, edit, match)
+
+
+def assert_config_error(path, capsys, edit, match):
+    """Edit the config at ``path``: loading it raises ConfigError matching ``match``; the CLI exits 2."""
     config = yaml.safe_load(path.read_text())
     edit(config)
     path.write_text(yaml.safe_dump(config))
@@ -522,13 +526,7 @@ def test_model_config_errors_name_the_key_and_the_fix(tmp_path, capsys, edit, ma
     path = make_config(tmp_path)
     (tmp_path / "params.json").write_text('{"trnd": "rf"}')
     (tmp_path / "weights.pt").write_bytes(b"not torch")
-    config = yaml.safe_load(path.read_text())
-    edit(config)
-    path.write_text(yaml.safe_dump(config))
-    with pytest.raises(ConfigError, match=match):
-        load_config(path)
-    assert main(["run", str(path)]) == 2
-    assert "downscale run: error:" in capsys.readouterr().err
+    assert_config_error(path, capsys, edit, match)
 
 
 @pytest.mark.parametrize(
