@@ -184,6 +184,8 @@ class Downscaler(BaseEstimator):
     atpk_ : list of fitted :class:`downscale.kriging.ATPK` (empty with ``residual="none"``)
     residual_coarse_ : xarray.DataArray, coarse residuals in the transformed space
     trend_variance_ : numpy.ndarray, one value per time step (transformed space)
+        Computed on first use (``predict(..., return_std=True)``): its spatial cross-validation refits
+        the trend, a cost a prediction without std does not pay.
     std_scale_ : float, the Wald-protocol calibration factor of the standard deviation
 
     Examples
@@ -474,12 +476,10 @@ class Downscaler(BaseEstimator):
         self.atpk_ = []
         if self.residual == "atpk":
             self.atpk_ = self._fit_kriging(self.residual_coarse_, nt)
+        self._trend_variance_value = None
         if getattr(self, "_selection_helper", False):  # the selection's one-level-up fits need no std
-            self.trend_variance_ = np.zeros(nt)
-        else:
-            self.trend_variance_ = self._trend_variance(
-                features_coarse, z_coarse, residual.reshape(nt, -1), steps
-            )
+            self._trend_variance_value = np.zeros(nt)
+        self._trend_variance_inputs = (features_coarse, z_coarse, residual.reshape(nt, -1), steps)
         self.std_scale_ = 1.0
         if self.calibrate_std:
             self.std_scale_ = self._wald_scale(coarse, features_coarse, X)
@@ -800,6 +800,22 @@ class Downscaler(BaseEstimator):
             if self.temporal == "pooled" or nt == 1:
                 return [make().fit(residual_coarse)]
             return [make().fit(residual_coarse.isel(time=t)) for t in range(nt)]
+
+    @property
+    def trend_variance_(self):
+        """Per-time variance of the trend error left after kriging, computed on first use (see the class notes)."""
+        if getattr(self, "_trend_variance_value", None) is None:
+            inputs = getattr(self, "_trend_variance_inputs", None)
+            if inputs is None:
+                raise AttributeError("trend_variance_ is set by fit: fit the Downscaler first.")
+            self._trend_variance_value = self._trend_variance(*inputs)
+            self._trend_variance_inputs = None
+        return self._trend_variance_value
+
+    @trend_variance_.setter
+    def trend_variance_(self, value):
+        self._trend_variance_value = np.asarray(value, dtype=np.float64)
+        self._trend_variance_inputs = None
 
     def _trend_variance(self, features_coarse, z_coarse, residual, steps):
         """Per-time variance of the trend error left after kriging (out-of-fold minus in-sample)."""

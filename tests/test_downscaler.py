@@ -240,3 +240,17 @@ def test_wald_calibration_scales_the_std(scenes):
     # by construction, 90 % of the one-level-up errors fall within 1.645 calibrated std
     ratio = calibrated.calibration_ratio_ / calibrated.std_scale_
     assert np.mean(ratio <= 1.6448536269514722) == pytest.approx(0.9, abs=0.03)
+
+
+def test_trend_variance_is_computed_when_a_std_is_first_asked_for(scenes):
+    """The trend variance's cross-validation refits the trend: a prediction without std skips it."""
+    scene, X = scenes["lst"]
+    model = Downscaler(trend="rf", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    model.predict(X)
+    assert model._trend_variance_value is None
+    _, std = model.predict(X, return_std=True)
+    expected = Downscaler(trend="rf", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask).trend_variance_
+    np.testing.assert_array_equal(model.trend_variance_, expected)
+    assert model.trend_variance_[0] > 0  # a forest's out-of-fold errors exceed its in-sample residuals
+    with pytest.raises(AttributeError, match="trend_variance_ is set by fit"):
+        Downscaler().trend_variance_
