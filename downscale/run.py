@@ -1140,6 +1140,7 @@ def _step_tiles(coarse, X, parameters, mask, tile, variables):
         for variable in out.data_vars.values():
             variable.attrs["grid_mapping"] = "spatial_ref"
     out.attrs["downscale_trend_variance"] = float(model.trend_variance_[0])
+    out.attrs["downscale_trend"] = _trend_label(model)
     return out, tasks
 
 
@@ -1513,7 +1514,16 @@ def _read_step(item, variable):
     return field
 
 
+def _trend_label(model):
+    """The trend a fitted Downscaler used, e.g. ``"linear"``, or ``"auto: rf (weight 0.89)"``."""
+    label = model.selected_trend_
+    if model.trend_weight_ != 1.0:
+        label += f" (weight {model.trend_weight_:.2f})"
+    return f"auto: {label}" if isinstance(model.trend, str) and model.trend == "auto" else label
+
+
 def _process(item, config, X, mask, model):
+    """Downscale one work item and write its output; returns a note for the summary (the chosen trend)."""
     variable = config.inputs.variable
     coarse = _read_step(item, variable)
     coarse = coarse.drop_vars([c for c in coarse.coords if c not in ("y", "x", "spatial_ref")])
@@ -1554,6 +1564,8 @@ def _process(item, config, X, mask, model):
         chunk=config.outputs.tile * factor,
         tiles=tasks,
     )
+    chosen = result.attrs.get("downscale_trend", "") if model.estimator is None else ""
+    return chosen if chosen.startswith("auto") else ""
 
 
 def _unet_step(estimator, coarse, X, mask, config):
@@ -1792,8 +1804,8 @@ def run(config: RunConfig, scheduler=None, workers=None, progress: bool = False)
                         if is_complete(item.output, names, shape, item.time, model.identity):
                             result = StepResult(item, "skipped", 0.0, "complete output exists")
                         else:
-                            _process(item, config, X, mask, model)
-                            result = StepResult(item, "done", time_module.perf_counter() - start)
+                            note = _process(item, config, X, mask, model)
+                            result = StepResult(item, "done", time_module.perf_counter() - start, note)
                     except ConfigError:
                         raise
                     except Exception as error:  # noqa: BLE001 - one bad step must not stop the others
@@ -1801,7 +1813,13 @@ def run(config: RunConfig, scheduler=None, workers=None, progress: bool = False)
                         result = StepResult(item, "failed", time_module.perf_counter() - start, message)
                         logger.error("failed %s: %s", _label(item), message)
                     else:
-                        logger.info("%s %s (%.1f s)", result.status, _label(item), result.seconds)
+                        logger.info(
+                            "%s %s (%.1f s%s)",
+                            result.status,
+                            _label(item),
+                            result.seconds,
+                            f", trend {result.message}" if result.status == "done" and result.message else "",
+                        )
                     results.append(result)
                     bar.update(1)
             except KeyboardInterrupt:

@@ -113,6 +113,17 @@ def test_tiled_step_with_the_default_selects_the_trend_as_in_memory():
     np.testing.assert_allclose(tiled["lst_std"].values, std.values, rtol=0, atol=1e-9, equal_nan=True)
 
 
+def test_a_run_without_a_trend_uses_the_default_and_says_what_it_chose(tmp_path, capsys):
+    config = make_config(tmp_path, days=2, model__parameters={}, outputs__variables=["mean"])
+    assert main(["run", str(config)]) == 0
+    printed = capsys.readouterr().out
+    result = read_output(tmp_path / "out" / "lst_20240602.nc")
+    chosen = result.attrs["downscale_trend"]
+    assert chosen.startswith("auto: ") and chosen.split()[1] in ("none", "linear", "rf", "lightgbm")
+    assert chosen in printed  # the summary table's message column
+    assert f"trend {chosen})" in (tmp_path / "out" / "run.log").read_text()
+
+
 def test_tiled_step_uses_dask_backed_covariates_lazily():
     scene = ds.datasets.synthetic_scene("lst", seed=1, shape=(40, 40), factor=10)
     X = ds.covariates.build(dem=scene.dem, location=True, features=["elevation", "slope"]).fillna(0.0)
