@@ -253,4 +253,4 @@ def test_trend_variance_is_computed_when_a_std_is_first_asked_for(scenes):
     np.testing.assert_array_equal(model.trend_variance_, expected)
     assert model.trend_variance_[0] > 0  # a forest's out-of-fold errors exceed its in-sample residuals
     with pytest.raises(AttributeError, match="trend_variance_ is set by fit"):
-        Downscaler().trend_variance_
+        _ = Downscaler().trend_variance_

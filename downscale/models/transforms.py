@@ -37,7 +37,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import xarray as xr
+import xarray as xr  # noqa: F401 - the doctests use it
 
 from .. import grid as grid_module
 
