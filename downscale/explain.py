@@ -137,9 +137,12 @@ def _linear_shap(pipeline, table):
     steps = [step for _, step in pipeline.steps]
     head, final = steps[:-1], steps[-1]
     transformed = table.to_numpy()
+    columns = np.arange(transformed.shape[1])  # which table column each transformed column is
     # The background is the training data as summarised by the scaler: its mean maps to 0.
     for step in head:
         transformed = step.transform(transformed)
+        if hasattr(step, "support_"):  # DropCollinear: the features it left out contribute nothing
+            columns = columns[step.support_]
     coef = np.ravel(final.coef_)
     if not any(hasattr(step, "mean_") and hasattr(step, "scale_") for step in head):
         raise ValueError(
@@ -147,7 +150,8 @@ def _linear_shap(pipeline, table):
             "SHAP values need that reference point."
         )
     # Standardised, the training mean is 0: each contribution is coef * standardised value.
-    values = coef * transformed
+    values = np.zeros(table.shape)
+    values[:, columns] = coef * transformed
     base = float(np.ravel(final.intercept_)[0]) if np.ndim(final.intercept_) else float(final.intercept_)
     return values, base
 
@@ -159,7 +163,9 @@ def _is_linear_pipeline(model):
         return False
     final = model.steps[-1][1]
     head = [step for _, step in model.steps[:-1]]
-    elementwise = all(type(step).__name__ in ("ClipToRange", "StandardScaler") for step in head)
+    elementwise = all(
+        type(step).__name__ in ("DropCollinear", "ClipToRange", "StandardScaler") for step in head
+    )
     return hasattr(final, "coef_") and elementwise
 
 

@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import downscale as ds
+
 from downscale.models.trend import (
     MIN_RETENTION,
     ClipToRange,
+    DropCollinear,
     LightGBMTrend,
     ShrunkTrend,
     make_trend,
@@ -22,7 +25,7 @@ def _expected_failures(estimator):
 
 
 @parametrize_with_checks(
-    [LightGBMTrend(n_estimators=20), ClipToRange(), ShrunkTrend("linear", weight=0.5)],
+    [LightGBMTrend(n_estimators=20), ClipToRange(), DropCollinear(), ShrunkTrend("linear", weight=0.5)],
     expected_failed_checks=_expected_failures,
 )
 def test_sklearn_compatible(estimator, check):
@@ -105,3 +108,33 @@ def test_retention_of_block_means():
         > MIN_RETENTION["none"]
         == 0
     )
+
+
+def test_drop_collinear_leaves_out_combinations_of_the_features_before_them():
+    """Oblique coordinates are exact combinations of easting and northing; lon/lat nearly are in UTM."""
+    scene = ds.datasets.synthetic_scene("lst", seed=0, shape=(200, 200), factor=10)
+    X = ds.covariates.build(dem=scene.dem, location=True, features=["elevation", "slope"])
+    names = list(X.data_vars)
+    table = np.column_stack([X[n].values.ravel() for n in names])
+    kept = [n for n, k in zip(names, DropCollinear().fit(table).support_, strict=True) if k]
+    assert kept == ["elevation", "slope", "easting", "northing"]
+    # A feature correlated with the others but not a combination of them stays.
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(2, 300))
+    noisy = np.column_stack([a, b, a + b + 0.1 * rng.normal(size=300)])
+    assert DropCollinear().fit(noisy).support_.tolist() == [True, True, True]
+    assert DropCollinear().fit(np.ones((5, 2))).transform(np.ones((3, 2))).shape == (3, 1)
+
+
+def test_linear_trend_coefficients_stay_small_with_the_whole_location_set():
+    """With every location covariate the ridge fit used to split +-13 K between lon and easting."""
+    scene = ds.datasets.synthetic_scene("lst", seed=0)
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
+    names = ["elevation", "ndvi", "easting", "northing", "lon", "lat", "oblique_30", "oblique_60"]
+    model = ds.Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X[names], mask=scene.mask)
+    pipeline = model.trend_models_[0]
+    kept = [n for n, k in zip(names, pipeline[0].support_, strict=True) if k]
+    assert kept == ["elevation", "ndvi", "easting", "northing"]
+    assert np.max(np.abs(pipeline[-1].coef_)) < 6.0  # K per standard deviation of a covariate
+    shap = ds.explain.global_importance(model, X[names], sample=200)
+    assert set(shap.loc[shap["mean_abs_shap"] == 0].index) == {"lon", "lat", "oblique_30", "oblique_60"}

@@ -13,11 +13,12 @@ from .transforms import (
     coherent_correction,
     make_transform,
 )
-from .trend import TREND_NAMES, ClipToRange, LightGBMTrend, make_trend
+from .trend import TREND_NAMES, ClipToRange, DropCollinear, LightGBMTrend, make_trend
 
 __all__ = [
     "TREND_NAMES",
     "ClipToRange",
+    "DropCollinear",
     "IdentityTransform",
     "LightGBMTrend",
     "Log1pTransform",

@@ -7,7 +7,15 @@ made for much larger tables (LightGBM's ``min_child_samples=20`` and
 estimators here carry small-sample defaults. The trend is then applied to
 *fine* pixels, whose covariates spread far wider than their block means (a fine
 slope or curvature is not bounded by the coarse ones): the linear trend clips
-its inputs to the range seen in training so it cannot extrapolate wildly.
+its inputs to the range seen in training so it cannot extrapolate wildly, and
+it leaves out covariates that the ones before them predict almost exactly
+(:class:`DropCollinear`: oblique coordinates are linear combinations of easting
+and northing, longitude and latitude nearly are on a projected grid), which
+a linear model can only split coefficients between, large and of opposite
+signs. Measured on the four default synthetic scenes (RMSE against the fine
+truth, 11 covariates with the location set vs 5 without the redundant ones):
+LST 0.464 vs 0.460, precipitation 2.34 vs 2.26, NO2 4.89 vs 4.78, soil
+moisture 0.0532 vs 0.0533.
 
 Fine covariates that their block means do not represent
 ----------------------------------------------------------
@@ -40,6 +48,7 @@ __all__ = [
     "MIN_RETENTION",
     "TREND_NAMES",
     "ClipToRange",
+    "DropCollinear",
     "LightGBMTrend",
     "ShrunkTrend",
     "make_trend",
@@ -208,6 +217,64 @@ class ClipToRange(TransformerMixin, BaseEstimator):
         return np.clip(X, self.data_min_, self.data_max_)
 
 
+class DropCollinear(TransformerMixin, BaseEstimator):
+    """Keep only the features that the ones kept before them do not predict almost exactly.
+
+    Going through the columns in order, a feature is left out when a least-squares fit on the
+    features kept so far explains at least ``max_r2`` of its variance (or when it is constant). A
+    linear model gains nothing from such a feature: it can only split a coefficient between near
+    copies, which makes the coefficients (and their SHAP values) meaningless.
+
+    Parameters
+    ----------
+    max_r2 : float
+        Share of a feature's variance above which it counts as a combination of the others.
+
+    Attributes
+    ----------
+    support_ : ndarray of bool
+        The features kept.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.normal(size=(2, 50))
+    >>> X = np.column_stack([a, b, 0.5 * a - 2 * b, rng.normal(size=50)])
+    >>> DropCollinear().fit(X).support_.tolist()    # the third is a combination of the first two
+    [True, True, False, True]
+    """
+
+    def __init__(self, max_r2: float = 0.999):
+        self.max_r2 = max_r2
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X, dtype=np.float64)
+        centred = X - X.mean(axis=0)
+        scale = np.sqrt((centred**2).mean(axis=0))
+        support = np.zeros(X.shape[1], dtype=bool)
+        for j in range(X.shape[1]):
+            if not scale[j] > 0:
+                continue
+            column = centred[:, j] / scale[j]
+            if support.any():
+                kept = centred[:, support] / scale[support]
+                coef = np.linalg.lstsq(kept, column, rcond=None)[0]
+                explained = 1.0 - np.mean((column - kept @ coef) ** 2)
+                if explained >= self.max_r2:
+                    continue
+            support[j] = True
+        if not support.any():  # all constant: keep the first, the model then predicts the mean
+            support[0] = True
+        self.support_ = support
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, "support_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return X[:, self.support_]
+
+
 def make_trend(spec="lightgbm", random_state=0, n_jobs: int = 1):
     """Return an unfitted scikit-learn regressor for a trend ``spec``.
 
@@ -218,7 +285,8 @@ def make_trend(spec="lightgbm", random_state=0, n_jobs: int = 1):
         ``"lightgbm"``: :class:`LightGBMTrend`. ``"rf"``: a
         :class:`~sklearn.ensemble.RandomForestRegressor` (300 trees, 2 samples per leaf, half the
         features per split). ``"linear"``: ridge regression with the penalty chosen by
-        leave-one-out, on standardized features clipped to their training range. ``"none"``: the
+        leave-one-out, on standardized features clipped to their training range, without those that
+        the others predict almost exactly (:class:`DropCollinear`). ``"none"``: the
         constant mean (what remains is kriging of the field itself). A regressor instance is cloned.
     random_state : int or None
     n_jobs : int
@@ -242,7 +310,9 @@ def make_trend(spec="lightgbm", random_state=0, n_jobs: int = 1):
                 random_state=random_state,
             )
         if spec == "linear":
-            return make_pipeline(ClipToRange(), StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+            return make_pipeline(
+                DropCollinear(), ClipToRange(), StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))
+            )
         if spec == "none":
             return DummyRegressor(strategy="mean")
         if spec == "auto":
