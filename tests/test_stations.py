@@ -267,3 +267,49 @@ def test_a_dataset_is_not_a_field():
     dataset = _plane().to_dataset(name="lst")
     with pytest.raises(TypeError, match="field must be an xarray DataArray .* `dataset\\['lst'\\]`"):
         extract_at_points(dataset, _points([405_500.0], [5_010_500.0]))
+
+
+def test_calibrate_std_makes_intervals_cover_the_station_values():
+    """Split conformal: on the soil-moisture scene the Wald-calibrated std covers ~30 % of the truth."""
+    from downscale.validation import calibrate_std
+
+    scene = ds.datasets.synthetic_scene("soil_moisture", seed=0)
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fine, std = ds.Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask).predict(X, return_std=True)
+    valid = np.isfinite(scene.truth.values)
+    error = np.abs(fine.values - scene.truth.values)[valid]
+
+    def coverage(spread):
+        return float(np.mean(error <= 1.6448536269514722 * spread.values[valid]))
+
+    # Calibrate on half of the stations, check on the other half and on the truth.
+    stations = scene.stations
+    calibration, check = stations.iloc[::2], stations.iloc[1::2]
+    calibrated = calibrate_std(fine, std, calibration)
+    assert coverage(std) < 0.5
+    assert calibrated.attrs["std_scale"] > 2 and calibrated.attrs["std_scale_stations"] == len(calibration)
+    assert 0.8 <= coverage(calibrated) <= 0.99
+    inside = np.abs(check["value"].values - extract_at_points(fine, check)) <= 1.6448536269514722 * (
+        extract_at_points(calibrated, check)
+    )
+    assert inside.mean() >= 0.75
+    np.testing.assert_allclose(calibrated.values, std.values * calibrated.attrs["std_scale"], equal_nan=True)
+
+
+def test_calibrate_std_errors():
+    from downscale.validation import calibrate_std
+
+    field = xr.DataArray(np.zeros((2, 2)), dims=("y", "x"), coords={"y": [1.5, 0.5], "x": [0.5, 1.5]})
+    std = xr.ones_like(field)
+    points = gpd.GeoDataFrame({"value": [1.0, 2.0, 3.0]}, geometry=gpd.points_from_xy([0.5, 1.5, 0.5], [1.5, 1.5, 0.5]))
+    with pytest.raises(ValueError, match=r"3 station value\(s\) .* a 90% interval needs at least 9"):
+        calibrate_std(field, std, points)
+    assert calibrate_std(field, std, points, coverage=0.5).attrs["std_scale_stations"] == 3
+    with pytest.raises(ValueError, match="coverage must be between 0 and 1"):
+        calibrate_std(field, std, points, coverage=90)
+    with pytest.raises(ValueError, match="std must be a DataArray on the grid of pred"):
+        calibrate_std(field, std.isel(x=[0]), points)
+    with pytest.raises(ValueError, match="no column 'obs'"):
+        calibrate_std(field, std, points, value="obs")

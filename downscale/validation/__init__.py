@@ -14,7 +14,13 @@ from .crossval import CrossValidationResult, cross_validate  # noqa: F401
 from .metrics import bias, bootstrap_ci, gdown, kge, mae, nse, pearson_r, rmse, ubrmse  # noqa: F401
 from .spectrum import effective_resolution, radial_power_spectrum, spectrum_comparison  # noqa: F401
 from .splitters import BufferedLeaveOneOut, KNNDMKFold, SpatialBlockKFold  # noqa: F401
-from .stations import extract_at_points, match_times, read_stations, station_scores  # noqa: F401
+from .stations import (  # noqa: F401
+    calibrate_std,
+    extract_at_points,
+    match_times,
+    read_stations,
+    station_scores,
+)
 from .wald import WaldResult, wald_score  # noqa: F401
 
 # Later modules (cross_validate, wald) are added with one import line each above,

@@ -24,7 +24,7 @@ import xarray as xr
 
 from . import metrics
 
-__all__ = ["extract_at_points", "match_times", "read_stations", "station_scores"]
+__all__ = ["calibrate_std", "extract_at_points", "match_times", "read_stations", "station_scores"]
 
 _X_NAMES = ("x", "easting", "lon", "longitude", "long", "lng")
 _Y_NAMES = ("y", "northing", "lat", "latitude")
@@ -517,3 +517,91 @@ def station_scores(
     table = pd.DataFrame(rows, index=pd.Index(index, name="station"))
     table["n"] = table["n"].astype(int)
     return table
+
+
+def calibrate_std(
+    pred,
+    std,
+    stations,
+    coverage: float = 0.9,
+    value: str = "value",
+    method: str = "nearest",
+    tolerance=None,
+) -> xr.DataArray:
+    """Scale a standard deviation so that its intervals cover the station values (split conformal).
+
+    ``pred +- z * scale * std`` (``z`` the normal quantile of ``coverage``) is made to hold the
+    share ``coverage`` of station values: ``scale`` is the ``ceil((n + 1) * coverage)``-th smallest
+    of the ``n`` ratios ``|observed - pred| / (z * std)`` at the stations. If the pixels you care
+    about are like the station sites (exchangeable with them), the calibrated intervals then cover
+    at least ``coverage`` of their values, whatever the model got wrong about its own uncertainty.
+    Keep some stations out of the calibration to check it, and remember what a station sees: a
+    point, with its own measurement noise, not a pixel mean (intervals for station-like values).
+
+    Parameters
+    ----------
+    pred, std : xarray.DataArray
+        The prediction and its standard deviation (e.g. from ``Downscaler.predict(X, return_std=True)``).
+    stations : geopandas.GeoDataFrame
+        Points with a CRS and a ``value`` column (optionally ``time``): see :func:`station_scores`.
+    coverage : float
+        Nominal coverage of the intervals, between 0 and 1.
+    value, method, tolerance
+        As in :func:`station_scores`.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``std * scale``, with attributes ``std_scale`` (the factor), ``std_scale_coverage`` and
+        ``std_scale_stations`` (how many station values set it).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, geopandas as gpd
+    >>> pred = xr.DataArray(np.zeros((3, 3)), dims=("y", "x"), coords={"y": [2.5, 1.5, 0.5], "x": [0.5, 1.5, 2.5]})
+    >>> std = xr.full_like(pred, 1.0 / 1.6448536269514722)       # intervals of +-1 at 90 %
+    >>> stations = gpd.GeoDataFrame({"value": np.arange(1.0, 10.0)},  # errors 1, 2, ..., 9
+    ...                             geometry=gpd.points_from_xy(np.tile([0.5, 1.5, 2.5], 3), np.repeat([2.5, 1.5, 0.5], 3)))
+    >>> calibrated = calibrate_std(pred, std, stations)   # 9 values: the largest error sets the scale
+    >>> round(calibrated.attrs["std_scale"], 6), calibrated.attrs["std_scale_stations"]
+    (9.0, 9)
+    """
+    from scipy.stats import norm
+
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage!r}.")
+    if value not in stations.columns:
+        raise ValueError(
+            f"The stations have no column {value!r} for the observations; their columns are "
+            f"{list(stations.columns)}. Pass value='<column>'."
+        )
+    if not isinstance(std, xr.DataArray) or std.dims != pred.dims or std.shape != pred.shape:
+        raise ValueError(
+            f"std must be a DataArray on the grid of pred (dims {pred.dims}, shape {pred.shape}), got "
+            f"{getattr(std, 'dims', type(std).__name__)} {getattr(std, 'shape', '')}."
+        )
+    observed = stations[value].to_numpy(dtype=np.float64)
+    predicted = _sample(pred, stations, method, tolerance)
+    spread = _sample(std, stations, method, tolerance)
+    z = float(norm.ppf(0.5 + coverage / 2))
+    ok = np.isfinite(observed) & np.isfinite(predicted) & np.isfinite(spread) & (spread > 0)
+    ratios = np.sort(np.abs(observed[ok] - predicted[ok]) / (z * spread[ok]))
+    n = ratios.size
+
+    def rank(count):  # the conformal rank; the 1e-9 keeps float noise (10 * 0.9) from raising it by one
+        return int(np.ceil((count + 1) * coverage - 1e-9))
+
+    if rank(n) > n:
+        needed = max(1, int(coverage / (1 - coverage)) - 1)
+        while rank(needed) > needed:
+            needed += 1
+        raise ValueError(
+            f"{n} station value(s) with a prediction and a positive std: a {coverage:.0%} interval needs at "
+            f"least {needed} (the ceil((n + 1) * coverage)-th ratio must exist). Use more stations (or "
+            f"times), or a lower coverage."
+        )
+    scale = float(ratios[rank(n) - 1])
+    out = std * scale
+    out.attrs = dict(std.attrs)
+    out.attrs.update(std_scale=scale, std_scale_coverage=float(coverage), std_scale_stations=int(n))
+    return out
