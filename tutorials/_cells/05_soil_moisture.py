@@ -144,6 +144,33 @@ fig.tight_layout()
 # trust any interval**, and keep `calibrate_std=False` when the stations say the calibration
 # hurts. Sixty stations are enough to see a departure this large.
 #
+# ## Calibrating the intervals with the stations
+#
+# The stations can do more than reveal the problem: `ds.validation.calibrate_std` rescales the
+# standard deviation so that the nominal 90 % interval holds 90 % of the station values (split
+# conformal prediction: the scale is a rank statistic of `|observed - predicted| / (1.645 std)` at
+# the stations). Calibrate on half of the stations and keep the other half to check it.
+
+# %%
+calibration_stations, check_stations = scene.stations.iloc[::2], scene.stations.iloc[1::2]
+calibrated = ds.validation.calibrate_std(fine, std, calibration_stations)
+print(f"scale from {calibrated.attrs['std_scale_stations']} stations: {calibrated.attrs['std_scale']:.2f}")
+check_error = np.abs(check_stations["value"].to_numpy() - ds.validation.extract_at_points(fine, check_stations))
+check_sigma = ds.validation.extract_at_points(calibrated, check_stations)
+print(f"the other {len(check_stations)} stations inside the 90 % interval: {np.mean(check_error <= 1.6449 * check_sigma):.0%}")
+inside_truth = (abs(scene.truth - fine) <= 1.6449 * calibrated).where(scene.mask)
+print(f"land pixels whose truth is inside it: {float(inside_truth.mean()):.0%} (before: "
+      f"{float((abs(scene.truth - fine) <= 1.6449 * std).where(scene.mask).mean()):.0%})")
+
+# %% [markdown]
+# Against the full truth the calibrated intervals now hold about 96 % of the land pixels, up from
+# about half: a little wide, because the scale also absorbs what a station sees and a pixel does not
+# (the 0.02 m3 m-3 point noise). The 30 check stations say less (about three quarters inside): with 30
+# values on each side both the scale and the check are uncertain by roughly +-8 percentage points,
+# so a split this small can only tell "about right" from "far off". Once checked, calibrate on all
+# the stations. The guarantee holds when the pixels you care about are like the station sites:
+# stations all in the valleys would calibrate the valleys.
+#
 # ## What could go wrong?
 #
 # **Impossible bounds.** A lower bound above the upper one (or the porosity in percent while the data
