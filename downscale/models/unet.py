@@ -14,13 +14,27 @@ fit time and stored in the model, then clipped to +-``CHANNEL_CLIP``. In Wald
 mode only the anomalies are channels: the baseline (still the field being
 corrected) and the raw covariates are seen at another scale in training
 (blocks of ``k`` coarse cells) than in use (blocks of 1 km cells), and the
-network would misapply their shapes. Measured with ``benchmarks/bench_unet.py``
-(400 x 400 cells, factor 25, 30 days, 22 covariates), RMSE as a ratio of
-bilinear's, geometric mean over 4 variables x 3 seeds: 0.94 with anomalies
-only, 0.95 with covariates and anomalies (worst case 1.12 against 1.82);
-without the clip the 1 km channels, far outside the training range, gave 20
-to 60 times bilinear's RMSE for precipitation and NO2. In supervised mode
-training and use are at the same scale and all three kinds are channels.
+network would misapply their shapes. Nor does every anomaly transfer: the
+anomaly of a curvature, a small-radius TPI, a slope or a roughness spreads 3
+to 40 times more within a 25 km block of 1 km cells than within a block of
+``k`` 25 km cells (``fine_spread_`` / ``training_spread_``), so a weight learnt
+at the Wald scale, small there, becomes fine-scale noise; and a location
+coordinate has almost no anomaly (bilinear reproduces it) except at the edges,
+where collinear location channels learn large weights that cancel only at the
+training scale. A covariate's anomaly is therefore a channel only when its
+spread on the fine grid is within ``MAX_SPREAD_RATIO`` (2) of its spread at the
+training scale (``anomaly_used_``; on the synthetic scenes: elevation, NDVI,
+FVC and sometimes TPI 15 km, whose ratios are 0.7-1.6). Measured with
+``benchmarks/bench_unet.py`` (400 x 400 cells, factor 25, 30 days, 22
+covariates), RMSE as a ratio of coherent bilinear (the untrained network),
+seeds 0 / 1 / 2: LST 0.62 / 0.65 / 0.67, precipitation 0.99 / 0.96 / 0.96,
+NO2 1.00 / 1.00 / 0.98, soil moisture 0.95 / 0.96 / 0.96; with every anomaly
+as a channel, seed 0: 1.15, 0.97, 1.18 (worse than bilinear on LST and NO2).
+Without the clip the 1 km channels, far outside the training range, gave 20
+to 60 times bilinear's RMSE for precipitation and NO2. When no covariate
+passes, the model is the coherent baseline (with a warning). In supervised
+mode training and use are at the same scale and all three kinds are
+channels.
 
 The network predicts a *correction* of the baseline (residual learning), and a
 final constraint layer (Harder et al., "Hard-constrained deep learning for
@@ -104,6 +118,9 @@ NON_NEGATIVE_NAMES = {
 }
 #: Normalised input channels are clipped to +- this many standard deviations.
 CHANNEL_CLIP = 5.0
+#: Wald mode keeps a covariate's anomaly as a channel only when its spread on the fine grid is within
+#: this factor of its spread at the training scale (see the module notes).
+MAX_SPREAD_RATIO = 2.0
 SAVE_FORMAT = "downscale.UNetDownscaler"
 SAVE_VERSION = 1
 _CONSTRAINTS = ("auto", "additive", "multiplicative", "softmax", "none")
@@ -357,6 +374,11 @@ class UNetDownscaler(BaseEstimator):
         Nesting factor between the coarse field and the fine covariates.
     wald_factor_ : int or None
         Degradation factor used in Wald mode.
+    anomaly_used_ : list of bool
+        Per covariate, whether its anomaly is an input channel (Wald mode: its spread on the fine grid is
+        within ``MAX_SPREAD_RATIO`` of its spread at the training scale; supervised mode: all).
+    fine_spread_, training_spread_ : list of float
+        Wald mode: standard deviation of every covariate's anomaly on the fine grid and at the training scale.
     history_ : list of dict
         ``epoch``, ``train_loss`` and ``validation_loss`` (mean squared error in units of the coarse
         field's standard deviation squared) per epoch.
@@ -516,8 +538,13 @@ class UNetDownscaler(BaseEstimator):
 
     def _channels(self, baseline, covariates, anomalies):
         """Normalised input channels (C, ny, nx) as float32; NaN -> 0 (the mean)."""
-        parts = [baseline[None], covariates, anomalies] if self.baseline_channel_ else [anomalies]
+        if self.baseline_channel_:
+            parts = [baseline[None], covariates, anomalies]
+        else:
+            parts = [anomalies[np.asarray(self.anomaly_used_, dtype=bool)]]
         stack = np.concatenate(parts)
+        if len(stack) == 0:  # no anomaly passed the spread check: one empty channel, never trained on
+            return np.zeros((1,) + baseline.shape, dtype=np.float32)
         normalised = (stack - self.channel_mean_[:, None, None]) / self.channel_std_[:, None, None]
         # Fine covariates reach values never seen on the coarse training grid: do not extrapolate far.
         normalised = np.clip(normalised, -CHANNEL_CLIP, CHANNEL_CLIP)
@@ -735,9 +762,33 @@ class UNetDownscaler(BaseEstimator):
             # spread: scaling them with their covariate's instead (small training values, large weights
             # to learn) was worse, RMSE / coherent bilinear on the LST test scene 0.90 against 0.78.
             means, stds = means[n_cov:], stds[n_cov:]
+            used = self._scale_similar(X, names, coarse, factor, mask_values, np.array(stds))
+            self.anomaly_used_ = [bool(u) for u in used]
+            means = [m for m, u in zip(means, used, strict=True) if u]
+            stds = [d for d, u in zip(stds, used, strict=True) if u]
+        else:
+            self.anomaly_used_ = [True] * n_cov
         self.channel_mean_ = np.array(means)
         self.channel_std_ = np.array(stds)
         return examples
+
+    def _scale_similar(self, X, names, coarse, factor, mask_values, training_spread):
+        """Which covariates' anomalies spread on the fine grid about as much as at the training scale.
+
+        ``fine_spread_`` and ``training_spread_`` are stored; a covariate is kept when their ratio is
+        within ``[1 / MAX_SPREAD_RATIO, MAX_SPREAD_RATIO]``.
+        """
+        stack = self._covariate_stack(X, names, coarse, 0)
+        anomalies = _anomaly(stack, grid_module.block_sum_weights(X, factor), factor, self.upsample)
+        valid = np.all(np.isfinite(anomalies), axis=0)
+        if mask_values is not None:
+            valid &= mask_values
+        fine_spread = anomalies[:, valid].std(axis=1) if valid.any() else np.zeros(len(names))
+        self.fine_spread_ = [float(v) for v in fine_spread]
+        self.training_spread_ = [float(v) for v in training_spread]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = fine_spread / training_spread
+        return (fine_spread > 0) & (ratio <= MAX_SPREAD_RATIO) & (ratio >= 1 / MAX_SPREAD_RATIO)
 
     def _train(self, torch, examples):
         block = self.train_factor_
@@ -761,8 +812,17 @@ class UNetDownscaler(BaseEstimator):
                 f"larger domain or a smaller tile_size."
             )
         self.tile_size_ = int(tile)
-        n_channels = len(self.channel_mean_)
+        n_channels = max(1, len(self.channel_mean_))
         self.n_channels_ = n_channels
+        max_epochs = self.max_epochs
+        if len(self.channel_mean_) == 0:
+            max_epochs = 0
+            warnings.warn(
+                f"No covariate's within-block anomaly spreads on the fine grid within a factor "
+                f"{MAX_SPREAD_RATIO:g} of its spread at the Wald training scale, so nothing learnt there "
+                f"would transfer: the model predicts the coherent {self.upsample} baseline.",
+                stacklevel=3,
+            )
 
         def tensors(example, rows, cols):
             channels = self._channels(
@@ -811,8 +871,8 @@ class UNetDownscaler(BaseEstimator):
         if self.verbose:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=self.max_epochs, desc="UNetDownscaler", unit="epoch")
-        for epoch in range(1, self.max_epochs + 1):
+            progress = tqdm(total=max_epochs, desc="UNetDownscaler", unit="epoch")
+        for epoch in range(1, max_epochs + 1):
             network.train()
             total, count = 0.0, 0
             order = rng.integers(0, len(examples), n_tiles)
@@ -856,7 +916,7 @@ class UNetDownscaler(BaseEstimator):
             progress.close()
         network.load_state_dict(best_state)
         network.eval()
-        if best_epoch == 0:
+        if best_epoch == 0 and max_epochs > 0:
             warnings.warn(
                 f"No training epoch improved on the untrained network on the validation strip (loss "
                 f"{best_loss:.4g}): the model predicts the coherent {self.upsample} baseline and return_std "
@@ -1020,6 +1080,9 @@ class UNetDownscaler(BaseEstimator):
                 "n_times_": int(self.n_times_),
                 "n_channels_": int(self.n_channels_),
                 "baseline_channel_": bool(self.baseline_channel_),
+                "anomaly_used_": list(self.anomaly_used_),
+                "fine_spread_": list(getattr(self, "fine_spread_", [])),
+                "training_spread_": list(getattr(self, "training_spread_", [])),
                 "bounds_": list(self.bounds_),
                 "target_mean_": self.target_mean_,
                 "target_std_": self.target_std_,
@@ -1078,6 +1141,8 @@ class UNetDownscaler(BaseEstimator):
         for key, value in state["fitted"].items():
             setattr(model, key, value)
         model.bounds_ = tuple(model.bounds_)
+        if not hasattr(model, "anomaly_used_"):  # files written before the spread check kept every anomaly
+            model.anomaly_used_ = [True] * len(model.covariate_names_)
         model.channel_mean_ = state["channel_mean"].numpy()
         model.channel_std_ = state["channel_std"].numpy()
         model.mask_ = None if state["mask"] is None else state["mask"].numpy()
