@@ -242,8 +242,8 @@ def shap_values(model, X, sample: int | None = 2000, seed: int = 0, time: int = 
     >>> X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, features=["elevation", "slope"])
     >>> model = ds.Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X)
     >>> explained = shap_values(model, X, sample=500)
-    >>> explained.values.shape
-    (500, 5)
+    >>> explained.values.shape                     # the covariates the trend uses (model.features_used_)
+    (500, 4)
     >>> global_importance(explained).index[0]        # the lapse rate dominates LST
     'elevation'
     """

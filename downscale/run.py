@@ -957,11 +957,7 @@ def _fit_tiled(model, coarse, X, mask, tile):
     if isinstance(model.trend, str) and model.trend == "auto":
         model._select_trend(coarse, features_coarse, z_coarse, [[0]], transform)
     else:
-        model.trend_spec_ = model.trend
-        model.selected_trend_ = model.trend if isinstance(model.trend, str) else type(model.trend).__name__
-        model.trend_weight_ = 1.0
-        model.cv_results_ = None
-        model.features_used_ = list(variables)
+        model._named_trend_selection(variables)
     features_coarse = features_coarse[:, model._used_index()]
     train_rows, target = model._coarse_rows(features_coarse, z_coarse, [0])
     trend = make_trend(model.trend_spec_, random_state=model.random_state, n_jobs=model.n_jobs)

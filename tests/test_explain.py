@@ -30,8 +30,9 @@ def pair():
 
 
 def _fit(pair, trend):
+    """min_retention=0 keeps b (pixel noise, which the default leaves out) so SHAP sees two covariates."""
     coarse, X = pair
-    return ds.Downscaler(trend=trend, calibrate_std=False).fit(coarse, X)
+    return ds.Downscaler(trend=trend, calibrate_std=False, min_retention=0).fit(coarse, X)
 
 
 @pytest.mark.parametrize(

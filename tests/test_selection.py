@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import xarray as xr
 from scipy import ndimage
+from sklearn.linear_model import LinearRegression
 
 import downscale as ds
 from downscale.downscaler import AUTO_CANDIDATES, Downscaler, _kriging_weights
 from downscale.kriging.variogram import VariogramModel
-from downscale.models.trend import ShrunkTrend
+from downscale.models.trend import MIN_RETENTION, ShrunkTrend
 
 FACTOR = 10
 SEEDS = range(10)
@@ -220,11 +221,31 @@ def test_auto_is_the_default_and_make_trend_refuses_it():
         make_trend("auto")
 
 
-def test_explicit_trends_use_every_covariate_and_report_no_table(lst):
+def test_explicit_trends_filter_covariates_by_retention_and_report_no_table(lst):
     scene, X, _ = lst
     model = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
-    assert model.features_used_ == model.feature_names_ and model.cv_results_ is None
+    expected = [
+        n for n, r in zip(model.feature_names_, model.retention_, strict=True) if r >= MIN_RETENTION["linear"]
+    ]
+    assert model.features_used_ == expected and 0 < len(expected) < len(model.feature_names_)
+    assert model.cv_results_ is None
     assert model.selected_trend_ == "linear" and model.trend_weight_ == 1.0
+    # min_retention=0, or a regressor instance, keeps every covariate.
+    everything = Downscaler(trend="linear", calibrate_std=False, min_retention=0).fit(
+        scene.coarse, X, mask=scene.mask
+    )
+    assert everything.features_used_ == everything.feature_names_
+    instance = Downscaler(trend=LinearRegression(), calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    assert instance.features_used_ == instance.feature_names_
+
+
+def test_a_named_trend_without_any_informative_covariate_is_an_error(lst):
+    scene, X, _ = lst
+    noise = X[["profile_curvature", "plan_curvature"]]  # block means keep ~4 % of their spread
+    with pytest.raises(ValueError, match=r"No covariate keeps 20% of its fine spread .* min_retention=0"):
+        Downscaler(trend="rf", calibrate_std=False).fit(scene.coarse, noise, mask=scene.mask)
+    with pytest.raises(ValueError, match="min_retention must be None .* got 2"):
+        Downscaler(min_retention=2).fit(scene.coarse, X)
 
 
 def test_report_and_demo_show_the_selection(lst, tmp_path, monkeypatch, capsys):

@@ -1,9 +1,11 @@
 """Skill claims of the Downscaler on the four default synthetic scenes (400 x 400 fine, 16 x 16 coarse, seed 0).
 
-Measured figures (trend="lightgbm"), RMSE as a fraction of bilinear interpolation's, and coverage of
-nominal 90 % intervals: lst 0.80 / 0.96, precipitation 0.97 / 0.95, no2 1.02 / 0.94, soil moisture
-0.86 / 0.40. The 0.8 x bilinear target and the soil-moisture coverage are not met yet: they are
-pinned below as strict expected failures so that an improvement shows up.
+Measured figures (trend="lightgbm", on the covariates whose block means keep at least 20 % of their
+fine spread), RMSE as a fraction of bilinear interpolation's, and coverage of nominal 90 % intervals:
+lst 0.745 / 0.93, precipitation 0.914 / 0.95, no2 1.01 / 0.95, soil moisture 0.856 / 0.37 (on every
+covariate: 0.80, 0.97, 1.02, 0.86). The 0.8 x bilinear target for the other three and the soil-moisture
+coverage are not met yet: they are pinned below as strict expected failures so that an improvement
+shows up.
 
 The default (trend="auto") against the best of its candidates, each alone on the covariates the
 selection gives it (the positive control; RMSE against truth, measured): lst 0.4605 (linear) vs 0.4605
@@ -24,7 +26,7 @@ from downscale.models.trend import MIN_RETENTION
 
 pytestmark = pytest.mark.slow
 
-RATIO_MET = {"lst": False, "precipitation": False, "no2": False, "soil_moisture": False}
+RATIO_MET = {"lst": True, "precipitation": False, "no2": False, "soil_moisture": False}
 COVERAGE_MET = {"lst": True, "precipitation": True, "no2": True, "soil_moisture": False}
 DEFAULT_RATIO_MET = {"lst": True, "precipitation": True, "no2": False, "soil_moisture": False}
 POSITIVE_CONTROL_MET = {"lst": True, "precipitation": True, "no2": True, "soil_moisture": False}

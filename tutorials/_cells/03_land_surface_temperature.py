@@ -141,18 +141,25 @@ fig.axes[-1].set_ylabel("NDVI [1]");
 # %%
 maps = ds.explain.shap_maps(linear, X, stride=4)
 land = scene.mask.isel(y=slice(None, None, 4), x=slice(None, None, 4))
-for name in ["elevation", "ndvi", "northness"]:
+for name in linear.features_used_:
     maps[name].attrs["units"] = "K"
 fig = ds.plot.plot_maps({f"SHAP of {name} (linear trend)": maps[name].where(land)
-                         for name in ["elevation", "ndvi", "northness"]}, cmap="RdBu_r")
+                         for name in linear.features_used_}, cmap="RdBu_r")
+# Share of each covariate's 1 km spread that its 25 km block means keep, and which trend uses it.
+pd.DataFrame({"retention": linear.retention_,
+              "in the linear trend": [n in linear.features_used_ for n in linear.feature_names_],
+              "in the LightGBM trend": [n in lightgbm.features_used_ for n in lightgbm.feature_names_]},
+             index=linear.feature_names_).round(2)
 
 # %% [markdown]
 # NDVI enters with the right (negative) sign once elevation is there to take its share, though weaker
-# than the true -8 K (LightGBM much weaker). Aspect
-# (`northness`) is nearly zero everywhere, although the scene makes sun-facing slopes up to 2.5 K warmer:
-# north and south faces cancel inside every 25 km block, so the coarse data hold no trace of the effect
-# and no trend fitted on them can learn it. Sub-cell physics that averages out at the coarse scale is
-# beyond the reach of any regression-kriging downscaler.
+# than the true -8 K (LightGBM much weaker). Aspect (`northness`) is not in the linear trend at all,
+# although the scene makes sun-facing slopes up to 2.5 K warmer: north and south faces cancel inside
+# every 25 km block, so the block means keep well under half of its spread (the table), too little for
+# the coarse cells to teach a linear trend its 1 km effect, and the `Downscaler` leaves it out
+# (`min_retention`). Trees, which cannot extrapolate, may use it; the beeswarm above shows how little
+# they get from it. Sub-cell physics that averages out at the coarse scale is beyond the reach of any
+# regression-kriging downscaler.
 #
 # Remember what SHAP explains: the *trend*, fitted on 25 km block means. It does not explain the kriged
 # residual, and it says what the model uses, not that the model is right; the truth table above does

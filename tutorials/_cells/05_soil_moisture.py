@@ -134,7 +134,7 @@ fig.tight_layout()
 # An honest negative result. The default Wald-protocol calibration (tutorial 02 explains the protocol)
 # runs the same method one level up, where the coarse field is the truth, and rescales the standard
 # deviation so that 90 % intervals cover 90 % there. On this scene it *shrinks* the standard
-# deviation to about a third, and the intervals become far too narrow: the stations and the full
+# deviation to well under half, and the intervals become far too narrow: the stations and the full
 # truth agree on that. The reason is the same assumption that limits the Wald protocol everywhere:
 # the valley-bottom wetness pattern that dominates the 1 km error is much weaker one level up
 # (between 12 km and 24 km cells), so the model looks better there than it is at 1 km. The
@@ -163,8 +163,8 @@ print(f"land pixels whose truth is inside it: {float(inside_truth.mean()):.0%} (
       f"{float((abs(scene.truth - fine) <= 1.6449 * std).where(scene.mask).mean()):.0%})")
 
 # %% [markdown]
-# Against the full truth the calibrated intervals now hold about 96 % of the land pixels, up from
-# about half: a little wide, because the scale also absorbs what a station sees and a pixel does not
+# Against the full truth the calibrated intervals now hold nearly all the land pixels (97 %), up from
+# 60 %: a little wide, because the scale also absorbs what a station sees and a pixel does not
 # (the 0.02 m3 m-3 point noise). The 30 check stations say less (about three quarters inside): with 30
 # values on each side both the scale and the check are uncertain by roughly +-8 percentage points,
 # so a split this small can only tell "about right" from "far off". Once checked, calibrate on all

@@ -86,8 +86,8 @@ fig.axes[0].set_ylim(0, 1.6 * max(true_gap_rmse, max(r.fold_scores["rmse"].max()
 
 # %% [markdown]
 # Random folds scatter held-out cells among training cells: every test cell has fitted neighbours a
-# few kilometres away, the kriging of the residuals interpolates from them, and the score (0.36 K)
-# is **less than half** the true error over the gap (0.80 K). Spatial blocks hold out whole regions and
+# few kilometres away, the kriging of the residuals interpolates from them, and the score (0.35 K)
+# is **less than half** the true error over the gap (0.77 K). Spatial blocks hold out whole regions and
 # land on the pessimistic side (0.89 K); kNNDM shapes its folds so that the distances from held-out
 # cells to the nearest training cell match the distances from the gap's pixels to the nearest cell
 # with data, and gives 0.66 K here: closer, a little optimistic. With three folds and one gap each
@@ -133,12 +133,12 @@ low, high = np.percentile(differences, [5, 95])
 print(f"RMSE(bilinear) - RMSE(downscaled): {np.mean(differences):.3f} K, 90 % interval [{low:.3f}, {high:.3f}] K")
 
 # %% [markdown]
-# The downscaled map scores better at the stations (0.79 K against 0.94 K RMSE), but the two 90 %
+# The downscaled map scores better at the stations (0.81 K against 0.94 K RMSE), but the two 90 %
 # intervals overlap. Overlap is not the right test either: both RMSEs are computed at the same stations,
 # so their errors are correlated. The paired bootstrap above resamples stations once for both and gives
-# the interval of the *difference*: 0.15 K in favour of downscaling, with a 90 % interval from
-# -0.08 to 0.37 K. It includes zero: **forty stations cannot tell these two maps apart with confidence**,
-# although the full truth says that downscaling is clearly better (0.62 K against 0.79 K for the complete
+# the interval of the *difference*: 0.12 K in favour of downscaling, with a 90 % interval from
+# -0.10 to 0.35 K. It includes zero: **forty stations cannot tell these two maps apart with confidence**,
+# although the full truth says that downscaling is clearly better (0.60 K against 0.79 K for the complete
 # field, in the table below). Part of every station
 # error is point-scale noise (0.5 K here) that no 1 km map can remove.
 #
@@ -189,12 +189,12 @@ fig = ds.plot.plot_maps({name: field.isel(y=slice(80, 160), x=slice(80, 160)) fo
 
 # %% [markdown]
 # Bilinear interpolation has almost no power below the coarse cell size (ratio 0.00): smooth, no
-# detail, and an effective resolution of about 29 km. The model without northness keeps a third of the
+# detail, and an effective resolution of about 29 km. The model without northness keeps a fifth of the
 # truth's short-wavelength power, which is smoothing (honest: the missing detail is missing).
 # The full model has **1.6 times** the truth's power at wavelengths below 16 km: the stripy texture of
 # slope aspect is stronger in the map than in reality. That is the hallucination the check is for, and
-# the two usual summaries miss it: its RMSE against the truth (0.62 K) is no better than without
-# northness (0.60 K), and its "effective resolution" of 2 km rewards the invented detail, since a
+# the two usual summaries miss it: its RMSE against the truth (0.60 K) is worse than without
+# northness (0.55 K), and its "effective resolution" of 2 km rewards the invented detail, since a
 # field with *more* power than the reference always looks resolved. Read the power ratio, not only the
 # resolution.
 #
