@@ -59,7 +59,9 @@ field itself; ridge regression; random forest; LightGBM) from the data:
    ``WALD_MIN_CELLS`` cells along each axis: every (shrunk) candidate
    downscales those means back onto the coarse grid and is scored against
    the coarse field, which tests what the first two steps cannot: the trend
-   applied one scale finer than where it was fitted.
+   applied one scale finer than where it was fitted. The degradation is by 2,
+   not by the downscaling factor: degrading a 16 x 16 coarse scene by 25
+   leaves nothing, and even by 5 only 3 x 3 cells, too few to rank anything.
 5. *Combination and tie rule*: each signal is a ratio to the constant
    trend's RMSE (transformed space); a candidate's ``score`` is the larger of
    its two ratios (it must help on both to count as helping). The choice is
