@@ -115,6 +115,21 @@ def test_wald_keeps_the_anomalies_that_spread_alike_at_both_scales(lst):
     assert rmse(fine, scene.truth) < 0.8 * rmse(coherent_bilinear, scene.truth)
 
 
+def test_the_wald_network_is_per_pixel(lst):
+    """Its 3 x 3 kernels would span k coarse cells in training and 3 fine ones in use: Wald mode has none."""
+    _, _, model = lst
+    assert model.pointwise_
+    generator = torch.Generator().manual_seed(0)
+    channels = torch.randn(1, model.n_channels_, 12, 12, generator=generator)
+    changed = channels.clone()
+    changed[0, :, 5, 7] += 3.0
+    with torch.no_grad():
+        difference = (model.network_(changed) - model.network_(channels))[0, 0].abs()
+    assert float(difference[5, 7]) > 0
+    difference[5, 7] = 0
+    assert float(difference.max()) == 0.0
+
+
 def test_without_scale_similar_covariates_the_model_is_the_coherent_baseline(lst):
     scene, _, _ = lst
     X = ds.covariates.build(dem=scene.dem, location=True)[["easting", "northing"]]
@@ -202,7 +217,7 @@ def test_supervised_mode_generalises_to_new_days():
     model = UNetDownscaler(mode="supervised", **dict(TINY, max_epochs=4)).fit(
         scene.coarse.isel(time=train), X, y_fine=scene.truth.isel(time=train), mask=scene.mask
     )
-    assert model.wald_factor_ is None
+    assert model.wald_factor_ is None and not model.pointwise_  # same scale in training and use: the UNet
     coarse = scene.coarse.isel(time=test)
     fine = model.predict(X, coarse=coarse)
     truth = scene.truth.isel(time=test)
