@@ -6,6 +6,7 @@ networks, so the module stays well under a minute on two shared cores.
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -128,6 +129,27 @@ def test_the_wald_network_is_per_pixel(lst):
     assert float(difference[5, 7]) > 0
     difference[5, 7] = 0
     assert float(difference.max()) == 0.0
+
+
+def test_architecture_unet_keeps_the_unet_in_wald_mode(lst):
+    """architecture="unet": 3 x 3 kernels, so a change at one pixel reaches its neighbours."""
+    scene, X, _ = lst
+    settings = dict(TINY, max_epochs=2, base_channels=4, depth=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = UNetDownscaler(**settings, architecture="unet").fit(scene.coarse, X, mask=scene.mask)
+    assert not model.pointwise_
+    channels = torch.zeros(1, model.n_channels_, 12, 12)
+    changed = channels.clone()
+    changed[0, :, 5, 7] += 3.0
+    model.network_.eval()
+    with torch.no_grad():
+        difference = (model.network_(changed) - model.network_(channels))[0, 0].abs()
+    # Zero-initialised last layers: the 1 x 1 path moves first; after training the 3 x 3 path does too.
+    difference[5, 7] = 0
+    assert float(difference.max()) > 0
+    with pytest.raises(ValueError, match="architecture must be 'auto', 'unet' or 'pixel', got 'mlp'"):
+        UNetDownscaler(**settings, architecture="mlp").fit(scene.coarse, X)
 
 
 def test_without_scale_similar_covariates_the_model_is_the_coherent_baseline(lst):

@@ -369,8 +369,12 @@ class UNetDownscaler(BaseEstimator):
         large as the training area allows.
     batch_size : int
     base_channels, depth : int
-        Width of the first level and number of down-sampling levels of the UNet (supervised mode). The
-        per-pixel network of Wald mode has two hidden layers of ``2 * base_channels`` and ignores ``depth``.
+        Width of the first level and number of down-sampling levels of the UNet. The per-pixel network
+        has two hidden layers of ``2 * base_channels`` and ignores ``depth``.
+    architecture : {"auto", "unet", "pixel"}
+        ``"unet"``: the UNet (3 x 3 convolutions, pooling); ``"pixel"``: the per-pixel network (1 x 1
+        layers); ``"auto"``: per pixel in Wald mode, where a 3 x 3 kernel spans another distance in
+        training than in use (see the module notes), the UNet in supervised mode.
     learning_rate : float
         Adam learning rate.
     dropout : float
@@ -443,6 +447,7 @@ class UNetDownscaler(BaseEstimator):
         batch_size=16,
         base_channels=16,
         depth=3,
+        architecture="auto",
         learning_rate=3e-3,
         dropout=0.1,
         constraint="auto",
@@ -464,6 +469,7 @@ class UNetDownscaler(BaseEstimator):
         self.batch_size = batch_size
         self.base_channels = base_channels
         self.depth = depth
+        self.architecture = architecture
         self.learning_rate = learning_rate
         self.dropout = dropout
         self.constraint = constraint
@@ -485,6 +491,8 @@ class UNetDownscaler(BaseEstimator):
             raise ValueError(f"mode must be 'wald' or 'supervised', got {self.mode!r}.")
         if self.upsample not in ("bilinear", "nearest"):
             raise ValueError(f"upsample must be 'bilinear' or 'nearest', got {self.upsample!r}.")
+        if self.architecture not in ("auto", "unet", "pixel"):
+            raise ValueError(f"architecture must be 'auto', 'unet' or 'pixel', got {self.architecture!r}.")
         for name in ("max_epochs", "batch_size", "base_channels", "n_mc", "patience"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -655,7 +663,7 @@ class UNetDownscaler(BaseEstimator):
         # In Wald mode the baseline's shape is seen at another scale in training than in use (see the notes).
         self.baseline_channel_ = self.mode == "supervised"
         # ... and so is every spatial pattern: in Wald mode the network is per pixel (see the notes).
-        self.pointwise_ = self.mode == "wald"
+        self.pointwise_ = self.architecture == "pixel" or (self.architecture == "auto" and self.mode == "wald")
 
         with self._threads(torch):
             examples = self._training_examples(coarse, X, names, factor, mask_values, y_fine)
