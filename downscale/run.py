@@ -870,6 +870,14 @@ def _as_mask_array(mask, fine_chunk):
     return data.astype(bool).rechunk(fine_chunk)
 
 
+def _shared(value):
+    """One graph key for an object many tile tasks take (a fitted model): on a dask.distributed cluster
+    it is then sent to each worker once, instead of being embedded, pickled and shipped with every task."""
+    import dask
+
+    return dask.delayed(value, traverse=False)
+
+
 def _fit_tiled(model, coarse, X, mask, tile):
     """Fit ``model`` (a Downscaler) on one coarse step exactly as ``Downscaler.fit``, holding only tiles."""
     import dask
@@ -969,7 +977,7 @@ def _fit_tiled(model, coarse, X, mask, tile):
     parts = dask.compute(
         *tiles(
             lambda mdl, f, m, v, w, fac: _trend_pass_tile(mdl, f, m, v, w, fac),
-            model,
+            _shared(model),
             coarse_valid,
         )
     )
@@ -1076,6 +1084,7 @@ def _step_tiles(coarse, X, parameters, mask, tile, variables):
     coarse_values = model.coarse_.values
     wanted = [v for v in ("mean", "std", "aoa") if v in variables]
     train = getattr(model, "train_rows_", None)
+    shared_model = _shared(model)
 
     rows_out = []
     tasks = []
@@ -1085,7 +1094,7 @@ def _step_tiles(coarse, X, parameters, mask, tile, variables):
             m = None if mask_array is None else mask_array[fy, fx]
             s = None if smooth is None else (smooth[0][fy, fx], smooth[1])
             task = dask.delayed(_output_tile)(
-                model,
+                shared_model,
                 features[:, fy, fx],
                 m,
                 residual[fy, fx],
