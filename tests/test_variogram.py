@@ -194,3 +194,14 @@ def test_deconvolution_recovers_known_point_model(block_averaged_field):
     assert_allclose([point.sill, point.range], [1.0, 300_000.0], rtol=0.05)
     with pytest.raises(ValueError, match="target must be 'model' or 'empirical'"):
         deconvolve_variogram(areal, ev, target="data")
+
+
+def test_default_lags_stop_at_max_lag_cells():
+    """Half the extent on small grids; MAX_LAG_CELLS on large ones, so the deconvolution's memory is bounded."""
+    from downscale.kriging.variogram import MAX_LAG_CELLS
+
+    rng = np.random.default_rng(0)
+    small = empirical_variogram(rng.normal(size=(40, 40)), cell_size=1000.0)
+    assert small.lags.max() <= 20 * 1000.0 + 1e-6 and small.lags.max() > 15 * 1000.0
+    large = empirical_variogram(rng.normal(size=(240, 240)), cell_size=1000.0)
+    assert large.lags.max() <= MAX_LAG_CELLS * 1000.0 + 1e-6 and large.lags.max() > (MAX_LAG_CELLS - 2) * 1000.0

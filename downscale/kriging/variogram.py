@@ -54,6 +54,11 @@ MODELS = ("exponential", "spherical", "gaussian", "matern")
 
 #: Fewer valid cells than this and no variogram can be fitted: an error is raised.
 MIN_VALID_CELLS = 10
+#: Default cap of the empirical variogram's lags, in cells. Area-to-point kriging with a 5 x 5 or
+#: 7 x 7 neighbourhood uses the variogram within a few cells; the regularisation in the deconvolution
+#: costs memory with the square of the largest lag (about 80 MB for 100 cells, 320 MB for 200), so
+#: without a cap the peak memory of a run would grow with the coarse domain.
+MAX_LAG_CELLS = 50
 
 
 class VariogramFitWarning(UserWarning):
@@ -226,7 +231,7 @@ def empirical_variogram(field, cell_size=None, max_lag=None, bin_width=None, min
         Cell size ``(dy, dx)`` in metres; required for a plain array.
     max_lag : float, optional
         Largest distance (metres); default half the smaller extent of the grid
-        (at least three cells).
+        (at least three cells, at most ``MAX_LAG_CELLS``).
     bin_width : float, optional
         Bin width (metres); default the larger cell side.
     min_pairs : int
@@ -263,7 +268,7 @@ def empirical_variogram(field, cell_size=None, max_lag=None, bin_width=None, min
     values = stack - np.nanmean(stack)
     variance = float(np.nanmean(values**2))
     if max_lag is None:
-        max_lag = max(0.5 * min(ny * dy, nx * dx), 3.0 * max(dy, dx))
+        max_lag = max(min(0.5 * min(ny * dy, nx * dx), MAX_LAG_CELLS * max(dy, dx)), 3.0 * max(dy, dx))
     if bin_width is None:
         bin_width = max(dy, dx)
 
