@@ -502,17 +502,21 @@ def block_sum_weights(obj, factor: int):
 
 
 def _block_mean_array(values, row_weights, factor, min_valid):
-    """Block mean of ``values (..., ny, nx)``: NaN-aware, weighted by rows. Returns (mean, fraction)."""
+    """Block mean of ``values (..., ny, nx)``: NaN-aware, weighted by rows. Returns (mean, fraction).
+
+    The weights depend on the row only, so each block row is summed along x first and weighted
+    after: one full-size temporary (the NaN-filled values) instead of four.
+    """
     *lead, ny, nx = values.shape
     values = np.asarray(values, dtype=np.float64)
     blocks = values.reshape(*lead, ny // factor, factor, nx // factor, factor)
-    weights = np.broadcast_to(
-        np.asarray(row_weights, dtype=np.float64).reshape(ny // factor, factor, 1, 1), blocks.shape[-4:]
-    )
+    weights = np.asarray(row_weights, dtype=np.float64).reshape(ny // factor, factor, 1)
     valid = ~np.isnan(blocks)
-    weighted = np.where(valid, blocks * weights, 0.0).sum(axis=(-3, -1))
-    valid_weight = np.where(valid, weights, 0.0).sum(axis=(-3, -1))
-    total_weight = weights.sum(axis=(-3, -1))
+    row_sums = np.where(valid, blocks, 0.0).sum(axis=-1)  # (..., by, fy, bx)
+    row_counts = valid.sum(axis=-1)
+    weighted = (row_sums * weights).sum(axis=-2)
+    valid_weight = (row_counts * weights).sum(axis=-2)
+    total_weight = np.broadcast_to(weights * factor, row_counts.shape[-3:]).sum(axis=-2)
     fraction = valid_weight / total_weight
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = weighted / valid_weight
