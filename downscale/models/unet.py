@@ -25,9 +25,10 @@ training scale. A covariate's anomaly is therefore a channel only when its
 spread on the fine grid is within ``MAX_SPREAD_RATIO`` (2) of its spread at the
 training scale (``anomaly_used_``; on the synthetic scenes: elevation, NDVI,
 FVC and sometimes TPI 15 km, whose ratios are 0.7-1.6). For the same reason
-the Wald network works per pixel (1 x 1 layers, no pooling, no normalisation
-over the tile: ``pointwise_``): a 3 x 3 kernel spans 75 km in training and 3 km
-in use. Measured with ``benchmarks/bench_unet.py`` (400 x 400 cells, factor
+the Wald network works per pixel by default (``architecture="auto"``: 1 x 1
+layers, no pooling, no normalisation over the tile, ``pointwise_``; pass
+``architecture="unet"`` to keep the UNet): a 3 x 3 kernel spans 75 km in
+training and 3 km in use. Measured with ``benchmarks/bench_unet.py`` (400 x 400 cells, factor
 25, 30 days, 22 covariates), RMSE as a ratio of coherent bilinear (the
 untrained network), seeds 0 / 1 / 2:
 
