@@ -5,7 +5,6 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import downscale as ds
-
 from downscale.models.trend import (
     MIN_RETENTION,
     ClipToRange,

@@ -163,3 +163,16 @@ def test_markdown_table():
         "|---|---|---|---|",
         "| x | 3 |  | a |",
     ]
+
+
+def test_report_points_to_calibrate_std_when_intervals_are_too_narrow(scene, files, tmp_path):
+    """A std three times too small: the report says so and gives the conformal factor of calibrate_std."""
+    _, _, prediction, _ = files
+    honest = xr.full_like(prediction, NOISE * np.sqrt(2)).rename("lst_std")
+    narrow = honest / 3
+    report = write_report(tmp_path / "narrow", prediction, scene.stations, std=narrow, n_boot=50).read_text()
+    expected = ds.validation.calibrate_std(prediction, narrow, scene.stations).attrs["std_scale"]
+    assert "The intervals are too narrow here" in report and f"a factor of {expected:.2f}" in report
+    assert 2.0 < expected < 4.5  # about 3, the factor the std was shrunk by
+    fine = write_report(tmp_path / "fine", prediction, scene.stations, std=honest, n_boot=50).read_text()
+    assert "too narrow" not in fine

@@ -29,6 +29,7 @@ import pandas as pd
 import xarray as xr
 
 from .. import grid as grid_module
+from .stations import conformal_scale
 
 __all__ = ["markdown_table", "validate_command", "write_report"]
 
@@ -263,6 +264,14 @@ def write_report(
                     f"prediction interval (prediction +- 1.645 std; nominal 90 %; station noise and "
                     f"point-vs-pixel mismatch are not in the std)."
                 )
+                if inside.mean() < 0.8 and ok.sum() >= 9:
+                    scale, _ = conformal_scale(observed, predicted, stds, 0.9)
+                    lines.append(
+                        f"The intervals are too narrow here. `ds.validation.calibrate_std(prediction, std, "
+                        f"stations)` scales the std so that 90 % intervals hold 90 % of the station values "
+                        f"(split conformal); these stations give a factor of {scale:.2f}. Check it on "
+                        f"stations kept out of the calibration."
+                    )
                 lines.append("")
         repeated = scores.drop(index="overall")["n"].max() > 1 if len(scores) > 1 else False
         if repeated and len(scores) <= 60:  # per-station series; single values are in the scatter plot

@@ -24,7 +24,7 @@ import xarray as xr
 
 from . import metrics
 
-__all__ = ["calibrate_std", "extract_at_points", "match_times", "read_stations", "station_scores"]
+__all__ = ["calibrate_std", "conformal_scale", "extract_at_points", "match_times", "read_stations", "station_scores"]
 
 _X_NAMES = ("x", "easting", "lon", "longitude", "long", "lng")
 _Y_NAMES = ("y", "northing", "lat", "latitude")
@@ -519,6 +519,42 @@ def station_scores(
     return table
 
 
+def conformal_scale(observed, predicted, spread, coverage: float = 0.9):
+    """The split-conformal factor of :func:`calibrate_std` from paired arrays, and how many pairs set it.
+
+    Pairs with a NaN or a std that is not positive are left out. Raises ``ValueError`` when there are
+    too few pairs for ``coverage``.
+
+    Examples
+    --------
+    >>> z = 1.6448536269514722
+    >>> scale, n = conformal_scale(np.arange(1.0, 10.0), np.zeros(9), np.full(9, 1 / z))
+    >>> round(scale, 6), n
+    (9.0, 9)
+    """
+    from scipy.stats import norm
+
+    observed, predicted, spread = (np.asarray(a, dtype=np.float64) for a in (observed, predicted, spread))
+    z = float(norm.ppf(0.5 + coverage / 2))
+    ok = np.isfinite(observed) & np.isfinite(predicted) & np.isfinite(spread) & (spread > 0)
+    ratios = np.sort(np.abs(observed[ok] - predicted[ok]) / (z * spread[ok]))
+    n = ratios.size
+
+    def rank(count):  # the conformal rank; the 1e-9 keeps float noise (10 * 0.9) from raising it by one
+        return int(np.ceil((count + 1) * coverage - 1e-9))
+
+    if rank(n) > n:
+        needed = max(1, int(coverage / (1 - coverage)) - 1)
+        while rank(needed) > needed:
+            needed += 1
+        raise ValueError(
+            f"{n} station value(s) with a prediction and a positive std: a {coverage:.0%} interval needs at "
+            f"least {needed} (the ceil((n + 1) * coverage)-th ratio must exist). Use more stations (or "
+            f"times), or a lower coverage."
+        )
+    return float(ratios[rank(n) - 1]), n
+
+
 def calibrate_std(
     pred,
     std,
@@ -566,8 +602,6 @@ def calibrate_std(
     >>> round(calibrated.attrs["std_scale"], 6), calibrated.attrs["std_scale_stations"]
     (9.0, 9)
     """
-    from scipy.stats import norm
-
     if not 0 < coverage < 1:
         raise ValueError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage!r}.")
     if value not in stations.columns:
@@ -583,24 +617,7 @@ def calibrate_std(
     observed = stations[value].to_numpy(dtype=np.float64)
     predicted = _sample(pred, stations, method, tolerance)
     spread = _sample(std, stations, method, tolerance)
-    z = float(norm.ppf(0.5 + coverage / 2))
-    ok = np.isfinite(observed) & np.isfinite(predicted) & np.isfinite(spread) & (spread > 0)
-    ratios = np.sort(np.abs(observed[ok] - predicted[ok]) / (z * spread[ok]))
-    n = ratios.size
-
-    def rank(count):  # the conformal rank; the 1e-9 keeps float noise (10 * 0.9) from raising it by one
-        return int(np.ceil((count + 1) * coverage - 1e-9))
-
-    if rank(n) > n:
-        needed = max(1, int(coverage / (1 - coverage)) - 1)
-        while rank(needed) > needed:
-            needed += 1
-        raise ValueError(
-            f"{n} station value(s) with a prediction and a positive std: a {coverage:.0%} interval needs at "
-            f"least {needed} (the ceil((n + 1) * coverage)-th ratio must exist). Use more stations (or "
-            f"times), or a lower coverage."
-        )
-    scale = float(ratios[rank(n) - 1])
+    scale, n = conformal_scale(observed, predicted, spread, coverage)
     out = std * scale
     out.attrs = dict(std.attrs)
     out.attrs.update(std_scale=scale, std_scale_coverage=float(coverage), std_scale_stations=int(n))
