@@ -280,10 +280,15 @@ class Downscaler(BaseEstimator):
             return float(self.min_retention)
         return MIN_RETENTION[trend] if isinstance(trend, str) else 0.0
 
+    def _retained(self, names, trend):
+        """The covariates ``names`` (in ``retention_`` order) whose retention lets them enter ``trend``."""
+        threshold = self._retention_threshold(trend)
+        return [n for n, r in zip(names, self.retention_, strict=True) if r >= threshold]
+
     def _named_trend_selection(self, variables):
         """What fit records for a trend given by ``trend`` (not chosen): its covariates, full weight."""
         threshold = self._retention_threshold(self.trend)
-        used = [n for n, r in zip(variables, self.retention_, strict=True) if r >= threshold]
+        used = self._retained(variables, self.trend)
         if not used and not (isinstance(self.trend, str) and self.trend == "none"):
             weakest = ", ".join(f"{n} {r:.2f}" for n, r in zip(variables, self.retention_, strict=True))
             raise ValueError(
@@ -532,10 +537,7 @@ class Downscaler(BaseEstimator):
         import pandas as pd
 
         names = self.feature_names_
-        used = {
-            name: [n for n, r in zip(names, self.retention_, strict=True) if r >= self._retention_threshold(name)]
-            for name in AUTO_CANDIDATES
-        }
+        used = {name: self._retained(names, name) for name in AUTO_CANDIDATES}
         n_cells = min(
             int((np.isfinite(z_coarse[t]) & np.isfinite(self._at(features_coarse, t)).all(axis=0)).sum())
             for t in range(z_coarse.shape[0])

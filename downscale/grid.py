@@ -516,7 +516,7 @@ def _block_mean_array(values, row_weights, factor, min_valid):
     row_counts = valid.sum(axis=-1)
     weighted = (row_sums * weights).sum(axis=-2)
     valid_weight = (row_counts * weights).sum(axis=-2)
-    total_weight = np.broadcast_to(weights * factor, row_counts.shape[-3:]).sum(axis=-2)
+    total_weight = factor * weights.sum(axis=-2)  # (by, 1): every block of a block row weighs the same
     fraction = valid_weight / total_weight
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = weighted / valid_weight

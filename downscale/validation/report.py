@@ -29,7 +29,6 @@ import pandas as pd
 import xarray as xr
 
 from .. import grid as grid_module
-from .stations import conformal_scale
 
 __all__ = ["markdown_table", "validate_command", "write_report"]
 
@@ -194,7 +193,7 @@ def write_report(
     """
     from .. import plot
     from .spectrum import effective_resolution, radial_power_spectrum
-    from .stations import extract_at_points, station_scores
+    from .stations import conformal_scale, extract_at_points, station_scores
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -264,8 +263,13 @@ def write_report(
                     f"prediction interval (prediction +- 1.645 std; nominal 90 %; station noise and "
                     f"point-vs-pixel mismatch are not in the std)."
                 )
-                if inside.mean() < 0.8 and ok.sum() >= 9:
-                    scale, _ = conformal_scale(observed, predicted, stds, 0.9)
+                try:  # too few stations for a 90 % conformal scale: say nothing more
+                    scale = (
+                        conformal_scale(observed, predicted, stds, 0.9)[0] if inside.mean() < 0.8 else None
+                    )
+                except ValueError:
+                    scale = None
+                if scale is not None:
                     lines.append(
                         f"The intervals are too narrow here. `ds.validation.calibrate_std(prediction, std, "
                         f"stations)` scales the std so that 90 % intervals hold 90 % of the station values "
