@@ -251,26 +251,106 @@ def test_twi_is_higher_in_a_valley_than_on_a_ridge():
     assert area[-1, 20] > 0.5 * area.size * 100.0**2 / 2
 
 
-def test_depression_passes_its_flow_on():
-    # A tilted plane with a pit: every interior cell must still drain out through the low edge.
-    z = plane(0.0, 0.1, shape=(20, 20)).values.copy()  # rises northward, drains south
-    z[8:12, 8:12] -= 15.0
-    dem = make_dem(z)
-    area = terrain.flow_accumulation(dem).values / 100.0**2
-    # Cells only drain out at the edges; the total routed area equals the number of cells plus the
-    # upstream count of every cell, so check mass balance on the outlets: every cell reaches one.
-    route, accumulate = terrain._flow_kernels()
-    receiver, order = route(np.ascontiguousarray(z))
-    assert order.size == z.size  # every cell was reached from an outlet
-    outlets = receiver.reshape(z.shape) < 0
-    assert area[outlets].sum() == pytest.approx(z.size)
-    # No pit cell is a sink: following the receivers from the pit's bottom leads to the low
-    # (south) edge of the grid.
-    assert np.all(receiver.reshape(z.shape)[8:12, 8:12] >= 0)
-    cell = 10 * 20 + 10
+def follow(receiver, cell):
+    """The cell where the flow from ``cell`` leaves the grid (a cell whose receiver is -1)."""
+    steps = 0
     while receiver[cell] >= 0:
         cell = receiver[cell]
-    assert cell // 20 == 19
+        steps += 1
+        assert steps <= receiver.size, "the receivers form a cycle"
+    return cell
+
+
+def route(dem):
+    step_north, step_east = terrain._steps_metres(dem)
+    route_kernel, _ = terrain._flow_kernels()
+    return route_kernel(np.ascontiguousarray(dem.values), step_east, step_north)
+
+
+def test_depression_passes_its_flow_on():
+    # A tilted plane with a pit: every interior cell must still drain out through the low edge.
+    dem = plane(0.0, 0.1, shape=(20, 20))  # rises northward, drains south
+    z = dem.values.copy()
+    z[8:12, 8:12] -= 15.0
+    dem = dem.copy(data=z)
+    area = terrain.flow_accumulation(dem).values / 100.0**2
+    receiver = route(dem)
+    outlets = receiver.reshape(z.shape) < 0
+    # Only edge cells drain out, and every cell reaches one: the outlets' areas add up to the grid.
+    assert not outlets[1:-1, 1:-1].any()
+    assert area[outlets].sum() == pytest.approx(z.size)
+    # No pit cell is a sink: from the pit's bottom the flow leaves at the low (south) edge.
+    assert np.all(receiver.reshape(z.shape)[8:12, 8:12] >= 0)
+    assert follow(receiver, 10 * 20 + 10) // 20 == 19
+
+
+def test_a_depression_spills_through_its_lowest_pass():
+    # A bowl in a plateau whose rim has two notches, a deep one on the east side and a shallow
+    # one on the west side: the whole bowl drains out east, through the lower pass.
+    n = 21
+    y, x = np.mgrid[0:n, 0:n]
+    radius = np.hypot(x - 10, y - 10)
+    z = np.where(radius < 8, 10.0 + 0.5 * radius, 30.0)  # bowl from 10 to 13.5 m, rim (plateau) at 30 m
+    z[10, 18:] = [12.0, 11.0, 10.5]  # east notch: pass at 12 m, then down to the edge
+    z[10, :3] = [10.5, 11.0, 15.0]  # west notch: pass at 15 m, above every bowl cell
+    dem = make_dem(z)
+    receiver = route(dem)
+    bowl = np.flatnonzero((radius < 8).ravel())
+    exits = {follow(receiver, cell) for cell in bowl}
+    assert exits == {10 * n + 20}  # the east edge cell below the low notch
+    area = terrain.flow_accumulation(dem).values / 100.0**2
+    assert area[10, 20] >= bowl.size + 2  # the bowl, the notch cells and the exit cell itself
+
+
+def test_flats_and_plateaus_drain_out():
+    # A flat grid (every interior cell a pit) and a plateau with a NaN hole: all cells reach an outlet.
+    for z in (np.full((12, 15), 100.0), np.pad(np.full((8, 8), 50.0), 3, constant_values=20.0)):
+        z = z.copy()
+        z[5, 6] = np.nan
+        dem = make_dem(z)
+        receiver = route(dem)
+        valid = np.flatnonzero(np.isfinite(z.ravel()))
+        area = terrain.flow_accumulation(dem).values / 100.0**2
+        outlets = valid[receiver[valid] < 0]
+        assert np.isnan(area[5, 6])
+        assert area.ravel()[outlets].sum() == pytest.approx(valid.size)
+        for cell in valid:
+            follow(receiver, cell)  # no cycle
+
+
+def test_steepest_descent_uses_true_distances_on_geographic_grids():
+    # z falls by 1 m per cell eastward and per cell southward. With square cells the diagonal
+    # (south-east) is steepest: 2 m over 1.41 cells. On a 0.01-degree grid at 60 N a cell is half
+    # as wide as it is tall, so the eastern neighbour is steeper: 1 m over 0.5 vs 2 m over 1.12.
+    g = ds.grid.make_grid((9, 9), 0.01, origin=(10.0, 59.95), crs="EPSG:4326")
+    latlon = ds.grid.set_crs(xr.DataArray(np.zeros((9, 9)), dims=("y", "x"), coords=g.coords), "EPSG:4326")
+    projected = make_dem(np.zeros((9, 9)))
+    for dem, steepest in ((projected, (5, 5)), (latlon, (4, 5))):  # (rows south, column) of the receiver
+        southward = np.argsort(np.argsort(-dem.y.values))  # 0 on the northern row
+        z = 100.0 - np.arange(9)[None, :] - southward[:, None]
+        row, col = divmod(int(route(dem.copy(data=z))[4 * 9 + 4]), 9)
+        assert (southward[row], col) == steepest
+
+
+def test_flow_accumulation_agrees_with_pysheds_where_there_are_no_pits(monkeypatch):
+    pysheds_grid = pytest.importorskip("pysheds.grid")
+    from affine import Affine
+    from pysheds.view import Raster, ViewFinder
+
+    monkeypatch.setattr(np, "in1d", np.isin, raising=False)  # pysheds 0.5 calls np.in1d (gone in NumPy 2.4)
+    # A wavy dome, low at the edges, without a single pit: pysheds' D8 (steepest descent, diagonals
+    # at sqrt(2)) and ours give the same directions. Edge cells differ by design (pysheds lets
+    # them drain along the edge, here they drain out), so the interior is compared.
+    n, cell = 60, 100.0
+    y, x = np.mgrid[0:n, 0:n]
+    z = 1000 - 0.02 * ((x - 29.3) ** 2 + (y - 31.7) ** 2) + np.sin(x / 4.0) * np.cos(y / 5.0)
+    view = ViewFinder(affine=Affine(cell, 0, 0, 0, -cell, n * cell), shape=z.shape, nodata=np.nan)
+    grid = pysheds_grid.Grid(viewfinder=view)
+    directions = grid.flowdir(Raster(z.copy(), viewfinder=view), routing="d8")
+    reference = np.asarray(grid.accumulation(directions, routing="d8"))
+    ours = terrain.flow_accumulation(make_dem(z, cell)).values / cell**2
+    assert reference[1:-1, 1:-1].max() >= 30  # flow paths 30 cells long: not a trivial comparison
+    np.testing.assert_array_equal(ours[1:-1, 1:-1], reference[1:-1, 1:-1])
 
 
 def test_nan_cells_stay_nan_and_neighbours_stay_finite():

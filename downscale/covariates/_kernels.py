@@ -282,158 +282,313 @@ def position(z, offset, total, count, half_rows, half_cols):
     return out
 
 
-@numba.njit(cache=True, inline="always")
-def _heap_push(heap_key, heap_cell, size, key, cell):
-    pos = size
-    while pos > 0:
-        parent = (pos - 1) // 2
-        if heap_key[parent] <= key:
-            break
-        heap_key[pos] = heap_key[parent]
-        heap_cell[pos] = heap_cell[parent]
-        pos = parent
-    heap_key[pos] = key
-    heap_cell[pos] = cell
-    return size + 1
+# --------------------------------------------------------------------------- D8 routing
+#
+# Each cell drains to its steepest downhill neighbour (D8, O'Callaghan and Mark 1984). Cells on the
+# grid edge or next to a missing cell drain out of the grid (outlets); cells with no lower
+# neighbour are pits. Following the receivers splits the grid into basins, one per outlet or pit.
+# A pit's basin drains through its lowest pass to a basin that drains out: the basins are joined
+# outward from the outlets in order of pass height (Prim's algorithm on the graph of neighbouring
+# basins, each edge weighted by the lower of the heights of its two sides at the pass, i.e. the
+# spill height), and the steepest-descent path from the pass down to the pit is reversed, so the
+# pit breaches through the pass instead of swallowing its flow. Every step but the ordered join
+# sweeps the grid, so the routing reads memory mostly in order.
+
+D8_ROWS = np.array([-1, -1, -1, 0, 0, 1, 1, 1])
+D8_COLS = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
+MISSING = -1  # receiver codes of cells that drain nowhere in the grid
+OUTLET = -2
+PIT = -3
 
 
-def route(z):
-    """Priority-flood D8 routing (Barnes et al. 2014, with the FIFO queue for depressions and flats).
+def route(z, step_east, step_north):
+    """D8 receivers of a DEM, depressions breached through their lowest pass.
 
-    Returns ``receiver`` (flat index of the cell each cell drains to, -1 for outlets) and
-    ``order`` (cells in processing order: every receiver comes before its donors).
+    Parameters
+    ----------
+    z : ndarray (ny, nx), float64
+        Elevation; NaN where missing.
+    step_east : ndarray (ny,)
+        Distance in metres between neighbouring columns of every row.
+    step_north : float
+        Distance in metres between neighbouring rows.
 
-    The FIFO queue of flooded cells lives in ``order`` itself: a cell is written there when it
-    is queued, and the heap is only popped when that queue is empty, so the processing order
-    is the same as with a separate queue, and all its cells share the level of the last cell
-    taken from the heap. Releases the GIL, so it can run while other kernels work. Indices are
-    int32 when the grid has fewer than 2**31 cells: half the memory to fault in and to read.
+    Returns
+    -------
+    receiver : ndarray (ny * nx,), int32
+        Flat index of the cell each cell drains to; -1 for outlets (the grid edge and cells next to
+        missing ones, which drain out of the grid) and missing cells.
     """
-    index = np.int32 if z.size < 2**31 - 1 else np.int64
-    receiver = np.full(z.size, -1, index)
-    order = np.empty(z.size, index)
-    count = _route(z, receiver, order)
-    return receiver, order[:count]
+    z = np.ascontiguousarray(z, dtype=np.float64)
+    step_east = np.ascontiguousarray(np.abs(np.broadcast_to(np.ravel(step_east), (z.shape[0],))), np.float64)
+    receiver = _steepest_receivers(z, step_east, abs(float(step_north)))
+    label, n_basins, n_outlets = _label_basins(receiver)
+    start, members = _members_by_basin(label, n_basins)
+    graph = _basin_graph(z, label, n_basins, start, members)
+    del start, members
+    _drain_basins(receiver, n_basins, n_outlets, *graph)
+    receiver[receiver < 0] = -1
+    return receiver
 
 
 @numba.njit(cache=True, nogil=True)
-def _route(z, receiver, order):
+def _steepest_receivers(z, step_east, step_north):
+    """The steepest downhill neighbour of every cell (drop over distance), or MISSING/OUTLET/PIT."""
     ny, nx = z.shape
-    n = ny * nx
-    closed = np.zeros(n, np.bool_)
-    # The heap holds the flood front only; it grows when needed (a front of n cells is rare).
-    heap_key = np.empty(min(n, 1 << 16) + 1, np.float64)
-    heap_cell = np.empty(heap_key.size, order.dtype)
-    size = 0
-    drow = np.array([-1, -1, -1, 0, 0, 1, 1, 1])
-    dcol = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
-    # Seeds: valid cells on the grid edge or next to a missing cell drain out of the grid.
+    receiver = np.empty(ny * nx, np.int32)
     for i in range(ny):
+        diagonal = np.sqrt(step_east[i] ** 2 + step_north**2)
         for j in range(nx):
-            if np.isnan(z[i, j]):
+            c = i * nx + j
+            zc = z[i, j]
+            if np.isnan(zc):
+                receiver[c] = MISSING
                 continue
-            seed = i == 0 or j == 0 or i == ny - 1 or j == nx - 1
-            if not seed:
-                for k in range(8):
-                    if np.isnan(z[i + drow[k], j + dcol[k]]):
-                        seed = True
-                        break
-            if seed:
-                c = i * nx + j
-                closed[c] = True
-                if size == heap_key.size:
-                    heap_key, heap_cell = _grow(heap_key, heap_cell)
-                size = _heap_push(heap_key, heap_cell, size, z[i, j], c)
-    head = 0  # next queued cell of order to process
-    tail = 0  # cells written to order
-    level = -np.inf
-    while True:
-        if head == tail:
-            if size == 0:
-                break
-            c = heap_cell[0]
-            level = heap_key[0]
-            size -= 1
-            last_key = heap_key[size]
-            last_cell = heap_cell[size]
-            pos = 0
-            while True:
-                child = 2 * pos + 1
-                if child >= size:
+            if i == 0 or j == 0 or i == ny - 1 or j == nx - 1:
+                receiver[c] = OUTLET
+                continue
+            steepest = 0.0
+            target = PIT
+            for k in range(8):
+                di = D8_ROWS[k]
+                dj = D8_COLS[k]
+                zn = z[i + di, j + dj]
+                if np.isnan(zn):
+                    target = OUTLET
                     break
-                other = child + 1
-                if other < size and heap_key[other] < heap_key[child]:
-                    child = other
-                if heap_key[child] >= last_key:
-                    break
-                heap_key[pos] = heap_key[child]
-                heap_cell[pos] = heap_cell[child]
-                pos = child
-            if size > 0:
-                heap_key[pos] = last_key
-                heap_cell[pos] = last_cell
-            order[tail] = c
-            tail += 1
-        c = order[head]
-        head += 1
-        i = c // nx
-        j = c - i * nx
-        for k in range(8):
-            ii = i + drow[k]
-            jj = j + dcol[k]
-            if ii < 0 or jj < 0 or ii >= ny or jj >= nx:
-                continue
-            nb = ii * nx + jj
-            if closed[nb]:
-                continue
-            zn = z[ii, jj]
-            if np.isnan(zn):
-                continue
-            closed[nb] = True
-            receiver[nb] = c
-            if zn <= level:
-                # In a depression or on a flat: flooded to the spill level, drains through it.
-                order[tail] = nb
-                tail += 1
-            else:
-                if size == heap_key.size:
-                    heap_key, heap_cell = _grow(heap_key, heap_cell)
-                size = _heap_push(heap_key, heap_cell, size, zn, nb)
-    return tail
+                if di == 0:
+                    distance = step_east[i]
+                elif dj == 0:
+                    distance = step_north
+                else:
+                    distance = 0.5 * (diagonal + np.sqrt(step_east[i + di] ** 2 + step_north**2))
+                drop = (zc - zn) / distance
+                if drop > steepest:
+                    steepest = drop
+                    target = (i + di) * nx + (j + dj)
+            receiver[c] = target
+    return receiver
+
+
+@numba.njit(cache=True, nogil=True)
+def _label_basins(receiver):
+    """Basin of every cell (-1 if missing): outlets' basins are numbered first, then the pits'."""
+    n = receiver.size
+    label = np.full(n, -1, np.int32)
+    n_basins = 0
+    for c in range(n):
+        if receiver[c] == OUTLET:
+            label[c] = n_basins
+            n_basins += 1
+    n_outlets = n_basins
+    for c in range(n):
+        if receiver[c] == PIT:
+            label[c] = n_basins
+            n_basins += 1
+    for c in range(n):
+        if receiver[c] == MISSING or label[c] >= 0:
+            continue
+        x = c
+        while label[x] < 0:  # down to a labelled cell (at the latest the terminal outlet or pit)
+            x = receiver[x]
+        basin = label[x]
+        x = c
+        while label[x] < 0:
+            label[x] = basin
+            x = receiver[x]
+    return label, n_basins, n_outlets
+
+
+@numba.njit(cache=True, nogil=True)
+def _members_by_basin(label, n_basins):
+    """Cells of every basin, grouped: basin b's cells are ``members[start[b]:start[b + 1]]``."""
+    start = np.zeros(n_basins + 1, np.int64)
+    for c in range(label.size):
+        if label[c] >= 0:
+            start[label[c] + 1] += 1
+    for b in range(n_basins):
+        start[b + 1] += start[b]
+    fill = start[:-1].copy()
+    members = np.empty(start[n_basins], np.int32)
+    for c in range(label.size):
+        b = label[c]
+        if b >= 0:
+            members[fill[b]] = c
+            fill[b] += 1
+    return start, members
+
+
+@numba.njit(cache=True, nogil=True)
+def _basin_graph(z, label, n_basins, start, members):
+    """Neighbouring basins of every basin and the lowest pass to each.
+
+    For basin b, edges ``g_start[b]:g_start[b + 1]`` give the neighbour basin, the spill height
+    (the higher of the two cells at the pass), the cell on b's side and the cell on the other side.
+    Basins are visited in number order, which sweeps the grid down its rows.
+    """
+    ny, nx = z.shape
+    zf = z.ravel()
+    seen_by = np.full(n_basins, -1, np.int32)  # the basin whose edges currently list this basin
+    slot = np.empty(n_basins, np.int64)
+    capacity = 8 * n_basins + 16
+    g_start = np.empty(n_basins + 1, np.int64)
+    g_basin = np.empty(capacity, np.int32)
+    g_spill = np.empty(capacity)
+    g_inside = np.empty(capacity, np.int32)
+    g_outside = np.empty(capacity, np.int32)
+    e = 0
+    for b in range(n_basins):
+        g_start[b] = e
+        for m in range(start[b], start[b + 1]):
+            c = members[m]
+            i = c // nx
+            j = c - i * nx
+            zc = zf[c]
+            for k in range(8):
+                ii = i + D8_ROWS[k]
+                jj = j + D8_COLS[k]
+                if ii < 0 or jj < 0 or ii >= ny or jj >= nx:
+                    continue
+                o = ii * nx + jj
+                other = label[o]
+                if other < 0 or other == b:
+                    continue
+                spill = max(zc, zf[o])
+                if seen_by[other] != b:
+                    seen_by[other] = b
+                    if e == g_basin.size:
+                        g_basin = _grown(g_basin, e)
+                        g_spill = _grown(g_spill, e)
+                        g_inside = _grown(g_inside, e)
+                        g_outside = _grown(g_outside, e)
+                    slot[other] = e
+                    g_basin[e] = other
+                    g_spill[e] = spill
+                    g_inside[e] = c
+                    g_outside[e] = o
+                    e += 1
+                elif spill < g_spill[slot[other]]:
+                    q = slot[other]
+                    g_spill[q] = spill
+                    g_inside[q] = c
+                    g_outside[q] = o
+    g_start[n_basins] = e
+    return g_start, g_basin[:e], g_spill[:e], g_inside[:e], g_outside[:e]
 
 
 @numba.njit(cache=True)
-def _grow(heap_key, heap_cell):
-    bigger_key = np.empty(2 * heap_key.size, np.float64)
-    bigger_cell = np.empty(2 * heap_cell.size, heap_cell.dtype)
-    bigger_key[: heap_key.size] = heap_key
-    bigger_cell[: heap_cell.size] = heap_cell
-    return bigger_key, bigger_cell
+def _grown(values, size):
+    bigger = np.empty(2 * values.size, values.dtype)
+    bigger[:size] = values[:size]
+    return bigger
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_push(keys, items, size, key, item):
+    pos = size
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if keys[parent] <= key:
+            break
+        keys[pos] = keys[parent]
+        items[pos] = items[parent]
+        pos = parent
+    keys[pos] = key
+    items[pos] = item
+    return size + 1
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_pop(keys, items, size):
+    """Remove the smallest key; returns its item and the new size."""
+    top = items[0]
+    size -= 1
+    last_key = keys[size]
+    last_item = items[size]
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        if child + 1 < size and keys[child + 1] < keys[child]:
+            child += 1
+        if keys[child] >= last_key:
+            break
+        keys[pos] = keys[child]
+        items[pos] = items[child]
+        pos = child
+    if size > 0:
+        keys[pos] = last_key
+        items[pos] = last_item
+    return top, size
 
 
 @numba.njit(cache=True, nogil=True)
-def accumulate(weights, receiver, order):
-    total = weights.copy()
-    for index in range(order.size - 1, -1, -1):
-        c = order[index]
-        r = receiver[c]
-        if r >= 0:
-            total[r] += total[c]
-    return total
+def _drain_basins(receiver, n_basins, n_outlets, g_start, g_basin, g_spill, g_inside, g_outside):
+    """Join every pit's basin to the drained ones through its lowest pass and breach the pit."""
+    drained = np.zeros(n_basins, np.bool_)
+    drained[:n_outlets] = True
+    keys = np.empty(max(g_basin.size, 1))
+    edges = np.empty(keys.size, np.int64)  # every edge is pushed at most once
+    size = 0
+    for b in range(n_outlets):
+        for q in range(g_start[b], g_start[b + 1]):
+            if not drained[g_basin[q]]:
+                size = _heap_push(keys, edges, size, g_spill[q], q)
+    while size > 0:
+        q, size = _heap_pop(keys, edges, size)
+        b = g_basin[q]
+        if drained[b]:
+            continue
+        drained[b] = True
+        # Reverse the steepest path from the pass down to the pit: the pit drains up it and out.
+        downstream = g_inside[q]
+        x = g_outside[q]
+        while True:
+            after = receiver[x]
+            receiver[x] = downstream
+            if after < 0:
+                break
+            downstream = x
+            x = after
+        for r in range(g_start[b], g_start[b + 1]):
+            if not drained[g_basin[r]]:
+                size = _heap_push(keys, edges, size, g_spill[r], r)
 
 
 @numba.njit(cache=True, nogil=True)
-def accumulate_rows(row_weight, receiver, order, nx):
-    """``accumulate`` with the weight of every cell of row i equal to ``row_weight[i]``; NaN off ``order``."""
-    total = np.full(receiver.size, np.nan)
-    for index in range(order.size):
-        c = order[index]
+def accumulate_rows(row_weight, receiver, z):
+    """Upslope sum of the cell weights (``row_weight[i]`` for every cell of row i); NaN on missing cells.
+
+    Every cell is added to its receiver once all its donors were added to it: walks start at
+    cells without donors and go down until they reach a cell that still waits for a donor.
+    """
+    ny, nx = z.shape
+    n = receiver.size
+    donors = np.zeros(n, np.uint8)
+    total = np.empty(n)
+    for c in range(n):
+        if np.isnan(z[c // nx, c % nx]):
+            total[c] = np.nan
+            continue
         total[c] = row_weight[c // nx]
-    for index in range(order.size - 1, -1, -1):
-        c = order[index]
-        r = receiver[c]
-        if r >= 0:
-            total[r] += total[c]
+        if receiver[c] >= 0:
+            donors[receiver[c]] += 1
+    done = np.uint8(255)
+    for c in range(n):
+        if donors[c] != 0 or np.isnan(total[c]):
+            continue
+        x = c
+        while True:
+            donors[x] = done
+            r = receiver[x]
+            if r < 0:
+                break
+            total[r] += total[x]
+            donors[r] -= 1
+            if donors[r] != 0:
+                break
+            x = r
     return total
 
 

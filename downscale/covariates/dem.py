@@ -640,7 +640,7 @@ def _flow_kernels():
         raise ImportError(
             "The topographic wetness index needs numba (installed with shap): `pip install numba`."
         ) from error
-    return _kernels.route, _kernels.accumulate
+    return _kernels.route, _kernels.accumulate_rows
 
 
 def _row_cell_area(dem):
@@ -649,23 +649,31 @@ def _row_cell_area(dem):
     return np.ascontiguousarray(grid_module.cell_area(column).values[:, 0], dtype=np.float64)
 
 
-def _contributing_area(z, row_area):
+def _contributing_area(dem, z=None):
     """Flat array of the upslope area of every cell (NaN on missing cells), from the compiled kernels."""
     from . import _kernels
 
-    receiver, order = _kernels.route(z)
-    return _kernels.accumulate_rows(row_area, receiver, order, z.shape[1])
+    z = np.ascontiguousarray(dem.values if z is None else z, dtype=np.float64)
+    step_north, step_east = _steps_metres(dem)
+    receiver = _kernels.route(z, step_east, step_north)
+    return _kernels.accumulate_rows(_row_cell_area(dem), receiver, z)
 
 
 def flow_accumulation(dem) -> xr.DataArray:
     """Upslope contributing area (m2) of every cell by D8 routing with depressions breached.
 
-    Each cell drains to one of its 8 neighbours. The routing is a priority
-    flood (Barnes et al. 2014) started from the grid edge and from cells next
-    to missing ones (the sea, voids), which drain out of the grid: every cell
-    drains to the lowest neighbour through which it connects to an outlet, so
-    depressions fill to their spill level and pass their flow on instead of
-    swallowing it. The contributing area includes the cell itself.
+    Each cell drains to its steepest downhill neighbour (D8: the largest drop
+    over distance, diagonals at their true length, also on geographic grids).
+    Cells on the grid edge or next to missing cells (the sea, voids) drain out
+    of the grid. A depression drains through its lowest pass: the basins of
+    the pits are joined outward from the outlets in order of spill height, and
+    the steepest path from the pass down to the pit is reversed (a breach), so
+    every cell reaches an outlet and no depression swallows its flow. The
+    contributing area includes the cell itself.
+
+    Unlike filling (priority-flood), breaching keeps the steepest-descent
+    directions inside depressions instead of spreading them across a filled
+    flat; the two agree wherever the DEM has no depressions.
 
     Examples
     --------
@@ -679,8 +687,7 @@ def flow_accumulation(dem) -> xr.DataArray:
     """
     dem = check_dem(dem)
     _flow_kernels()  # says how to install numba when it is missing
-    z = np.ascontiguousarray(dem.values, dtype=np.float64)
-    total = _contributing_area(z, _row_cell_area(dem)).reshape(z.shape)
+    total = _contributing_area(dem).reshape(dem.shape)
     return _wrap(total, dem, "flow_accumulation", "upslope contributing area (D8)", "m2")
 
 
@@ -698,7 +705,7 @@ def twi(dem, method: str = "horn", _area=None) -> xr.DataArray:
 
     row_area = _row_cell_area(d.dem)
     # dem_features passes the contributing area, computed in a thread next to the other features.
-    area = _area if _area is not None else _contributing_area(np.ascontiguousarray(d.z), row_area)
+    area = _area if _area is not None else _contributing_area(d.dem, d.z)
     values = _kernels.wetness(area, np.sqrt(row_area), np.ascontiguousarray(d.tan_slope), MIN_TAN_SLOPE)
     return _wrap(values, d.dem, "twi", "topographic wetness index ln(a / tan(slope)), a in m", "1")
 
@@ -877,7 +884,7 @@ def dem_features(
         # The flow routing is sequential and releases the GIL: run it in a thread while the
         # (parallel) kernels of the other features use the remaining cores.
         routing = ThreadPoolExecutor(max_workers=1)
-        area = routing.submit(_contributing_area, np.ascontiguousarray(d.z), _row_cell_area(dem))
+        area = routing.submit(_contributing_area, dem, d.z)
     try:
         out = _all_features(dem, d, features, tpi_radii, solar_time, area)
     finally:
