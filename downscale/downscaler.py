@@ -390,23 +390,43 @@ class Downscaler(BaseEstimator):
 
     # ------------------------------------------------------------ features
 
-    def _feature_stack(self, X, nt):
-        """Fine features as an array ``(nt or 1, n_features, ny, nx)`` in ``feature_names_`` order."""
-        arrays = []
+    def _feature_stack(self, X, nt, names=None):
+        """Fine features as an array ``(nt or 1, len(names), ny, nx)``, ``names`` by default ``feature_names_``.
+
+        Every covariate of ``feature_names_`` must be static or have ``nt`` time steps, stacked or not.
+        """
         for name in self.feature_names_:
-            da = X[name].transpose(..., "y", "x")
-            values = np.asarray(da.values, dtype=np.float64)
-            if da.ndim == 3:
-                if da.shape[0] != nt:
-                    raise ValueError(
-                        f"Covariate {name!r} has {da.shape[0]} time steps but the coarse field has {nt}. "
-                        f"Match the times first (downscale.align) or give a static covariate."
-                    )
-            else:
-                values = values[None]
-            arrays.append(values)
+            steps = X[name].sizes.get("time")
+            if steps is not None and steps != nt:
+                raise ValueError(
+                    f"Covariate {name!r} has {steps} time steps but the coarse field has {nt}. "
+                    f"Match the times first (downscale.align) or give a static covariate."
+                )
+        arrays = []
+        for name in self.feature_names_ if names is None else names:
+            values = np.asarray(X[name].transpose(..., "y", "x").values, dtype=np.float64)
+            arrays.append(values if values.ndim == 3 else values[None])
         n_lead = max(a.shape[0] for a in arrays)
         return np.stack([np.broadcast_to(a, (n_lead, *a.shape[1:])) for a in arrays], axis=1)
+
+    def _trend_features(self, X, nt, fine_mask):
+        """The covariates the trend uses, ``(nt or 1, n_used, ny, nx)``, NaN outside ``fine_mask``."""
+        names = [self.feature_names_[i] for i in self._used_index()]
+        features = self._feature_stack(X, nt, names)
+        return features if fine_mask is None else np.where(fine_mask, features, np.nan)
+
+    def _trend_fingerprint(self, X, nt, fine_mask):
+        """The identity of :meth:`_trend_features`: shapes and a hash of every value and of the mask.
+
+        Read straight from ``X`` (no stacking): :meth:`predict` reuses the trend of ``fit`` only when
+        the covariates it uses and the mask are the very same, bit for bit.
+        """
+        parts = [nt, X.sizes["y"], X.sizes["x"]]
+        for index in self._used_index():
+            values = np.ascontiguousarray(X[self.feature_names_[index]].transpose(..., "y", "x").values, np.float64)
+            parts.append((values.shape, _hash_values(values)))
+        parts.append(None if fine_mask is None else _hash_values(np.asarray(fine_mask, dtype=np.float64)))
+        return tuple(parts)
 
     def _used_index(self):
         """Positions in ``feature_names_`` of the covariates the trend uses."""
@@ -423,7 +443,7 @@ class Downscaler(BaseEstimator):
         block = np.moveaxis(features_coarse, 1, 0).reshape(k, -1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN covariates: retention 0
-            return retention(np.nanstd(fine, axis=1), np.nanstd(block, axis=1))
+            return retention(_nanstd_rows(fine), np.nanstd(block, axis=1))
 
     @staticmethod
     def _at(stack, t):
@@ -496,8 +516,9 @@ class Downscaler(BaseEstimator):
         else:
             self._named_trend_selection(variables)
         used = self._used_index()
-        features = features[:, used]
-        features_coarse = features_coarse[:, used]
+        if used.size < features.shape[1]:  # else every covariate, in order: no copy
+            features = features[:, used]
+            features_coarse = features_coarse[:, used]
 
         # Trend(s) on the coarse cells.
         self.trend_models_ = []
@@ -508,7 +529,7 @@ class Downscaler(BaseEstimator):
 
         trend_fine = self._trend_fine(features, nt)  # (nt, ny, nx), NaN where a covariate is NaN
         # predict(X) on the very covariates of fit reuses this trend (the fine trend is the costly part).
-        self._trend_cache = (_fingerprint(features), trend_fine)
+        self._trend_cache = (self._trend_fingerprint(X, nt, self.mask_), trend_fine)
         template = self._fine_template(X, coarse)
         trend_block = grid_module.block_mean(
             template.copy(data=trend_fine.reshape(template.shape)), factor, min_valid=1e-9
@@ -771,17 +792,9 @@ class Downscaler(BaseEstimator):
 
     @staticmethod
     def _block_means(features, X, factor):
-        lead, k, ny, nx = features.shape
-        template = xr.DataArray(
-            features.reshape(lead * k, ny, nx),
-            dims=("stack", "y", "x"),
-            coords={"y": X["y"].values, "x": X["x"].values},
-        )
-        crs = grid_module.get_crs(X)
-        if crs is not None:
-            template = grid_module.set_crs(template, crs)
-        block = grid_module.block_mean(template, factor, min_valid=1e-9).values
-        return block.reshape(lead, k, ny // factor, nx // factor)
+        """Block means ``(lead, k, cy, cx)`` of a feature stack on the grid of ``X``, weighted as in :func:`~downscale.grid.block_mean`."""
+        row_weights = grid_module.block_sum_weights(X, factor)
+        return grid_module._block_mean_array(features, row_weights, factor, min_valid=1e-9)[0]
 
     def _coarse_rows(self, features_coarse, z_coarse, times):
         rows, target = [], []
@@ -797,13 +810,16 @@ class Downscaler(BaseEstimator):
         return self.trend_models_[0] if self.temporal == "pooled" else self.trend_models_[t]
 
     def _trend_fine(self, features, nt):
+        """The trend on the fine pixels ``(nt, ny, nx)``, NaN where a covariate is NaN."""
         out = np.full((nt, *features.shape[-2:]), np.nan)
         for t in range(nt):
             f = self._at(features, t)
-            table = f.reshape(f.shape[0], -1).T
+            table = f.reshape(f.shape[0], -1).T  # a view: one row per pixel
             ok = np.isfinite(table).all(axis=1)
             flat = out[t].reshape(-1)
-            if ok.any():
+            if ok.all():  # no copy of the table
+                flat[:] = self._model_at(t).predict(table)
+            elif ok.any():
                 flat[ok] = self._model_at(t).predict(table[ok])
         return out
 
@@ -1009,14 +1025,11 @@ class Downscaler(BaseEstimator):
         coarse = self.coarse_
         nt = coarse.sizes["time"] if "time" in coarse.dims else 1
         fine_mask = self.mask_ if mask is None else self._fine_mask(mask, coarse, X, self.factor_)
-        features = self._feature_stack(X, nt)[:, self._used_index()]
-        if fine_mask is not None:
-            features = np.where(fine_mask, features, np.nan)
         cache = getattr(self, "_trend_cache", None)
-        if cache is not None and cache[0] == _fingerprint(features):
+        if cache is not None and cache[0] == self._trend_fingerprint(X, nt, fine_mask):
             trend = cache[1]
         else:
-            trend = self._trend_fine(features, nt)
+            trend = self._trend_fine(self._trend_features(X, nt, fine_mask), nt)
         template = self._fine_template(X, coarse)
         valid_pixels = np.isfinite(trend)
 
@@ -1096,17 +1109,9 @@ class Downscaler(BaseEstimator):
             for t in range(nt):
                 if not gaps[t].any():
                     continue
-                filled = _fill_nearest(coarse_residual[t])
-                filled_da = (
-                    self.residual_coarse_.isel(time=t)
-                    if nt > 1 and "time" in self.residual_coarse_.dims
-                    else self.residual_coarse_
-                )
-                smooth = grid_module.upsample(filled_da.copy(data=filled), self.factor_, "bilinear").values
                 atpk = self.atpk_[0] if len(self.atpk_) == 1 else self.atpk_[t]
                 sill = float(atpk.variogram_.sill + atpk.variogram_.nugget)
-                residual[t] = np.where(gaps[t], smooth, residual[t])
-                variance[t] = np.where(gaps[t], sill, variance[t])
+                _fill_gaps(residual[t], variance[t], gaps[t], coarse_residual[t], self.factor_, sill)
         return residual, variance
 
     # ---------------------------------------------------------------- score
@@ -1172,10 +1177,38 @@ def _kriging_weights(coords, train, test, variogram, n_neighbours):
     return neighbours, weights
 
 
-def _fingerprint(features):
-    """A cheap identity of a feature stack: its shape and a strided sample of its values."""
-    sample = np.ascontiguousarray(features[..., ::7, ::5])
-    return (features.shape, hash(sample.tobytes()))
+def _hash_values(values):
+    """A hash of every bit of a contiguous float64 array (compiled when numba is there)."""
+    kernel = grid_module._compiled_kernel("fingerprint")
+    if kernel is None:
+        return hash(values.tobytes())
+    return int(kernel(values.reshape(-1).view(np.uint64)))
+
+
+def _nanstd_rows(values):
+    """``numpy.nanstd(values, axis=1)`` of a float64 ``(k, n)`` array, by the compiled kernel when there is one."""
+    kernel = grid_module._compiled_kernel("nanstd_rows")
+    if kernel is None:
+        return np.nanstd(values, axis=1)
+    return kernel(np.ascontiguousarray(values, dtype=np.float64))
+
+
+def _fill_gaps(residual, variance, gaps, coarse_residual, factor, sill):
+    """Fill the ``gaps`` of a fine ``residual`` and ``variance`` (2-D, in place) of one time step.
+
+    The residual there is the bilinear upsampling of the coarse residuals with their NaN cells filled
+    by the nearest valid ones (:func:`_fill_nearest`), the variance is ``sill``. The upsampling is
+    evaluated only on the gap columns of each coarse row of blocks that has gaps, with the whole grid's
+    interpolation weights (:func:`downscale.grid._bilinear`).
+    """
+    filled = _fill_nearest(coarse_residual)
+    for block_row in np.flatnonzero(gaps.reshape(-1, factor, gaps.shape[1]).any(axis=(1, 2))):
+        rows = slice(block_row * factor, (block_row + 1) * factor)
+        columns = np.flatnonzero(gaps[rows].any(axis=0))
+        smooth = grid_module._bilinear(filled, factor, rows, columns)
+        here = gaps[rows][:, columns]
+        residual[rows, columns] = np.where(here, smooth, residual[rows, columns])
+        variance[rows, columns] = np.where(here, sill, variance[rows, columns])
 
 
 def _fill_nearest(values):

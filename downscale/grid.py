@@ -48,6 +48,10 @@ EARTH_RADIUS = 6_371_007.2
 #: Coordinates count as regular when every step is within this fraction of the mean step.
 REGULAR_TOLERANCE = 0.01
 
+#: Use the compiled (numba) kernels of :mod:`downscale._kernels` (block mean, NaN-aware standard deviation)
+#: when numba is installed; the numpy code gives the same numbers.
+USE_NUMBA = True
+
 
 # --------------------------------------------------------------------------- CRS
 
@@ -502,7 +506,57 @@ def block_sum_weights(obj, factor: int):
 
 
 def _block_mean_array(values, row_weights, factor, min_valid):
-    """Block mean of ``values (..., ny, nx)``: NaN-aware, weighted by rows. Returns (mean, fraction).
+    """Block mean of ``values (..., ny, nx)``: NaN-aware, weighted by rows. Returns ``(mean, fraction)``.
+
+    The compiled kernel :func:`downscale._kernels.block_mean` runs when numba is installed and
+    ``USE_NUMBA`` is true (float32 values are read as they are, without a float64 copy);
+    :func:`_block_mean_numpy` is the reference it reproduces.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``(..., ny, nx)`` with ``ny`` and ``nx`` multiples of ``factor``; NaN cells are left out.
+    row_weights : numpy.ndarray
+        ``(ny,)`` weight of every fine row (see :func:`block_sum_weights`).
+    factor : int
+    min_valid : float
+        Smallest weighted valid fraction of a block for it to get a mean (else NaN).
+
+    Returns
+    -------
+    mean, fraction : numpy.ndarray
+        ``(..., ny // factor, nx // factor)``, float64.
+    """
+    kernel = _compiled_kernel("block_mean")
+    if kernel is None:
+        return _block_mean_numpy(values, row_weights, factor, min_valid)
+    values = np.asarray(values)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    *lead, ny, nx = values.shape
+    mean, fraction = kernel(
+        values.reshape(-1, ny, nx), np.asarray(row_weights, dtype=np.float64), int(factor), float(min_valid)
+    )
+    shape = (*lead, ny // factor, nx // factor)
+    return mean.reshape(shape), fraction.reshape(shape)
+
+
+def _compiled_kernel(name):
+    """The compiled kernel ``name`` of :mod:`downscale._kernels`, or None without numba or with ``USE_NUMBA`` off.
+
+    Callers then run the numpy code the kernel reproduces.
+    """
+    if not USE_NUMBA:
+        return None
+    try:
+        from . import _kernels
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    return getattr(_kernels, name)
+
+
+def _block_mean_numpy(values, row_weights, factor, min_valid):
+    """The numpy reference of :func:`_block_mean_array` (same arguments and results).
 
     The weights depend on the row only, so each block row is summed along x first and weighted
     after: one full-size temporary (the NaN-filled values) instead of four.
@@ -649,19 +703,24 @@ def _bilinear_axis(n, factor):
     return low, high, weight_high
 
 
-def _bilinear(values, factor):
+def _bilinear(values, factor, rows=slice(None), columns=slice(None)):
+    """Bilinear upsampling of ``values (..., ny, nx)`` at the fine ``rows`` and ``columns`` (default all).
+
+    ``rows`` and ``columns`` index the whole fine grid (a slice or integer indices), so a window
+    gets exactly the values of the whole grid's result there: the same edge rules and arithmetic.
+    """
     *lead, ny, nx = values.shape
-    y0, y1, wy = _bilinear_axis(ny, factor)
-    x0, x1, wx = _bilinear_axis(nx, factor)
+    y0, y1, wy = (a[rows] for a in _bilinear_axis(ny, factor))
+    x0, x1, wx = (a[columns] for a in _bilinear_axis(nx, factor))
     valid = ~np.isnan(values)
     filled = np.where(valid, values, 0.0)
-    total = np.zeros((*lead, ny * factor, nx * factor))
+    total = np.zeros((*lead, y0.size, x0.size))
     weight = np.zeros_like(total)
-    for rows, row_w in ((y0, 1 - wy), (y1, wy)):
-        for cols, col_w in ((x0, 1 - wx), (x1, wx)):
+    for row_index, row_w in ((y0, 1 - wy), (y1, wy)):
+        for column_index, col_w in ((x0, 1 - wx), (x1, wx)):
             w = row_w[:, None] * col_w[None, :]
-            total += filled[..., rows[:, None], cols[None, :]] * w
-            weight += valid[..., rows[:, None], cols[None, :]] * w
+            total += filled[..., row_index[:, None], column_index[None, :]] * w
+            weight += valid[..., row_index[:, None], column_index[None, :]] * w
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(weight > 1e-12, total / weight, np.nan)
 

@@ -1176,24 +1176,9 @@ def _bilinear_tiled(coarse_values, factor, tile):
 
 def _bilinear_window(values, factor, ys, xs):
     """Bilinear upsampling of ``values[ys, xs]`` computed with the whole grid's edge rules."""
-    cy, cx = values.shape
-    y0, y1, wy = grid_module._bilinear_axis(cy, factor)
-    x0, x1, wx = grid_module._bilinear_axis(cx, factor)
     fy = slice(ys.start * factor, ys.stop * factor)
     fx = slice(xs.start * factor, xs.stop * factor)
-    y0, y1, wy = y0[fy], y1[fy], wy[fy]
-    x0, x1, wx = x0[fx], x1[fx], wx[fx]
-    valid = ~np.isnan(values)
-    filled = np.where(valid, values, 0.0)
-    total = np.zeros((y0.size, x0.size))
-    weight = np.zeros_like(total)
-    for rows, row_w in ((y0, 1 - wy), (y1, wy)):
-        for cols, col_w in ((x0, 1 - wx), (x1, wx)):
-            w = row_w[:, None] * col_w[None, :]
-            total += filled[rows[:, None], cols[None, :]] * w
-            weight += valid[rows[:, None], cols[None, :]] * w
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(weight > 1e-12, total / weight, np.nan)
+    return grid_module._bilinear(values, factor, fy, fx)
 
 
 # ================================================================ covariates

@@ -254,3 +254,70 @@ def test_trend_variance_is_computed_when_a_std_is_first_asked_for(scenes):
     assert model.trend_variance_[0] > 0  # a forest's out-of-fold errors exceed its in-sample residuals
     with pytest.raises(AttributeError, match="trend_variance_ is set by fit"):
         _ = Downscaler().trend_variance_
+
+
+def test_predict_reuses_the_fitted_trend_only_for_the_same_covariates_and_mask(scenes):
+    scene, X = scenes["lst"]
+    model = Downscaler(trend="rf", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    cached = model.predict(X)
+    del model._trend_cache  # the trend is then computed from X
+    np.testing.assert_array_equal(cached.values, model.predict(X).values)
+    changed = X.copy(deep=True)
+    changed["elevation"].values[:, :] += 500.0
+    refit = Downscaler(trend="rf", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    np.testing.assert_array_equal(refit.predict(changed).values, model.predict(changed).values)
+    assert not np.allclose(refit.predict(changed).values, cached.values, equal_nan=True)
+    unmasked = refit.predict(X, mask=xr.full_like(scene.mask, True, dtype=bool))
+    assert np.isfinite(unmasked.values).sum() > np.isfinite(cached.values).sum()
+
+
+def test_coarse_gaps_get_the_bilinear_upsampling_of_the_nearest_residuals(scenes):
+    from downscale.downscaler import _fill_nearest
+
+    scene, X = scenes["lst"]
+    coarse = scene.coarse.copy()
+    coarse[5:7, 5:7] = np.nan
+    coarse[0, 11] = np.nan
+    model = Downscaler(trend="linear", calibrate_std=False).fit(coarse, X)
+    residual, variance = model._residual_fine(model._fine_template(X, coarse), 1)
+    gaps = np.isnan(np.repeat(np.repeat(coarse.values, FACTOR, axis=0), FACTOR, axis=1))
+    filled = coarse.copy(data=_fill_nearest(model.residual_coarse_.values))
+    smooth = ds.grid.upsample(filled, FACTOR, "bilinear").values
+    np.testing.assert_array_equal(residual[0][gaps], smooth[gaps])
+    sill = model.atpk_[0].variogram_.sill + model.atpk_[0].variogram_.nugget
+    np.testing.assert_array_equal(variance[0][gaps], sill)
+    assert np.all(np.isfinite(residual[0][~gaps])) and np.all(variance[0][~gaps] < sill)
+
+
+@pytest.mark.filterwarnings("ignore:Degrees of freedom <= 0")
+@pytest.mark.parametrize("use_numba", [True, False])
+def test_nanstd_rows_is_numpy_nanstd(use_numba, monkeypatch):
+    from downscale.downscaler import _nanstd_rows
+
+    monkeypatch.setattr(ds.grid, "USE_NUMBA", use_numba)
+    rng = np.random.default_rng(0)
+    values = rng.normal(280.0, 20.0, size=(4, 1000))
+    values[rng.uniform(size=values.shape) < 0.3] = np.nan
+    values[1] = np.nan
+    values[2, 1:] = np.nan  # one valid value: no spread
+    got = _nanstd_rows(values)
+    assert np.isnan(got[1]) and got[2] == 0.0
+    for row in (0, 3):
+        valid = values[row][np.isfinite(values[row])]
+        np.testing.assert_allclose(got[row], np.sqrt(np.mean((valid - valid.mean()) ** 2)), rtol=1e-12)
+
+
+def test_predict_recomputes_the_trend_when_a_single_covariate_pixel_changes(scenes):
+    # One pixel off any sampling lattice: a changed covariate there must change the prediction there.
+    scene, X = scenes["lst"]
+    model = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X)
+    name = model.feature_names_[model._used_index()[0]]
+    before = model.predict(X)
+    changed = X.copy(deep=True)
+    row, column = np.argwhere(np.isfinite(before.values))[1234]
+    changed[name].values[row, column] += 10.0 * float(np.nanstd(X[name].values))
+    after = model.predict(changed)
+    assert after.values[row, column] != before.values[row, column]
+    fresh = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X)
+    del fresh._trend_cache
+    np.testing.assert_array_equal(after.values, fresh.predict(changed).values)

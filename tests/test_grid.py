@@ -42,6 +42,76 @@ def test_block_mean_keeps_time_and_datasets():
     np.testing.assert_allclose(dataset["b"].values, 2 * mean.values)
 
 
+@pytest.fixture(params=[True, False], ids=["numba", "numpy"])
+def use_numba(request, monkeypatch):
+    """Run a test with the compiled block mean and with its numpy reference."""
+    monkeypatch.setattr(grid, "USE_NUMBA", request.param)
+    return request.param
+
+
+def test_block_mean_array_by_hand_with_row_weights_nan_and_min_valid(use_numba):
+    # Two time steps of a 4 x 4 grid in 2 x 2 blocks; rows weigh 1, 3, 1, 1.
+    values = np.array(
+        [
+            [
+                [1.0, 2.0, 5.0, 5.0],
+                [3.0, np.nan, 5.0, 5.0],
+                [np.nan, np.nan, 2.0, 4.0],
+                [np.nan, 8.0, 6.0, 8.0],
+            ],
+            [
+                [0.0, 0.0, np.nan, np.nan],
+                [4.0, 4.0, np.nan, np.nan],
+                [1.0, 1.0, 1.0, 1.0],
+                [1.0, 1.0, 1.0, 1.0],
+            ],
+        ]
+    )
+    weights = np.array([1.0, 3.0, 1.0, 1.0])
+    mean, fraction = grid._block_mean_array(values, weights, 2, min_valid=0.3)
+    # Top-left block of step 0: (1 + 2) * 1 + 3 * 3 over weights 2 * 1 + 1 * 3 of 2 * (1 + 3);
+    # of step 1: (0 + 0) * 1 + (4 + 4) * 3 over 2 * 1 + 2 * 3.
+    expected_mean = [[[12.0 / 5.0, 5.0], [8.0, 5.0]], [[24.0 / 8.0, np.nan], [1.0, 1.0]]]
+    expected_fraction = [[[5.0 / 8.0, 1.0], [0.25, 1.0]], [[1.0, 0.0], [1.0, 1.0]]]
+    # The lower-left block of step 0 keeps a quarter of its weight: below min_valid 0.3.
+    expected_mean[0][1][0] = np.nan
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-15)
+    np.testing.assert_allclose(fraction, expected_fraction, rtol=1e-15)
+    mean, _ = grid._block_mean_array(values, weights, 2, min_valid=1e-9)
+    assert mean[0, 1, 0] == 8.0
+
+
+@pytest.mark.parametrize("factor", [1, 3, 5, 9, 25, 130])
+def test_compiled_block_mean_matches_the_numpy_reference(factor):
+    rng = np.random.default_rng(factor)
+    values = rng.normal(300.0, 50.0, size=(2, 3, 2 * factor, 3 * factor))  # leading (time, variable) dims
+    values[rng.uniform(size=values.shape) < 0.4] = np.nan
+    values[0, 0, :factor, :factor] = np.nan  # an all-NaN block
+    g = grid.make_grid((2 * factor, 3 * factor), 0.01, origin=(10.0, 59.0), crs="EPSG:4326")
+    weights = grid.block_sum_weights(g, factor)  # geographic: every row weighs differently
+    assert np.ptp(weights) > 0 or factor == 1
+    for min_valid in (1e-9, 0.5, 0.75):
+        expected = grid._block_mean_numpy(values, weights, factor, min_valid)
+        got = grid._block_mean_array(values, weights, factor, min_valid)
+        for e, o in zip(expected, got, strict=True):
+            assert o.shape == e.shape == (2, 3, 2, 3)
+            np.testing.assert_array_equal(np.isnan(o), np.isnan(e))
+            np.testing.assert_allclose(o, e, rtol=1e-12, atol=0)
+        assert np.isnan(got[0][0, 0, 0, 0]) and got[1][0, 0, 0, 0] == 0.0
+    float32 = grid._block_mean_array(values.astype(np.float32), weights, factor, 0.5)
+    reference = grid._block_mean_numpy(values.astype(np.float32), weights, factor, 0.5)
+    np.testing.assert_allclose(float32[0], reference[0], rtol=1e-12)
+
+
+def test_bilinear_window_equals_the_whole_grid_result():
+    rng = np.random.default_rng(1)
+    coarse = rng.normal(size=(5, 6))
+    coarse[2, 3] = np.nan
+    whole = grid._bilinear(coarse, 4)
+    rows, columns = slice(8, 12), np.array([0, 5, 13, 23])
+    np.testing.assert_array_equal(grid._bilinear(coarse, 4, rows, columns), whole[rows][:, columns])
+
+
 def test_exact_spherical_cell_area():
     g = grid.make_grid((180, 360), 1.0, origin=(-180.0, -90.0), crs="EPSG:4326")
     area = grid.cell_area(g)

@@ -457,37 +457,58 @@ def psf_kernel(psf: str, subdivisions: int, fwhm_cells: float = 1.0) -> tuple:
     raise ValueError(f"psf must be 'box', 'gaussian' or 'point', got {psf!r}.")
 
 
-def _block_correlation(model: VariogramModel, block_lags, cell_size, psf="box", subdivisions=16, fwhm=1.0):
+class _BlockCorrelation:
     """Mean correlation between two blocks separated by ``block_lags`` (n, 2) cells, PSF-weighted.
 
-    The point correlation is evaluated once on the lattice of sub-cell offsets
-    that the lags need; the double PSF average is then the separable
-    autocorrelation of the PSF kernel applied along each axis (two small
-    matrix products), so the cost does not grow with the number of lags.
+    Called with a point model (``_BlockCorrelation(lags, cell_size)(model)``). The point correlation
+    is evaluated once on the lattice of sub-cell offsets that the lags need; the double PSF average
+    is then the separable autocorrelation of the PSF kernel applied along each axis (two small
+    matrix products), so the cost does not grow with the number of lags. The lattice distances and
+    the spreading matrices depend on the lags only and are computed once, for every model the
+    deconvolution tries.
     """
-    dy, dx = cell_size
-    block_lags = np.abs(np.atleast_2d(np.asarray(block_lags, dtype=np.int64)))
-    if psf == "point":
-        return model.correlation(np.hypot(block_lags[:, 0] * dy, block_lags[:, 1] * dx))
-    s = int(subdivisions)
-    kernel, _ = psf_kernel(psf, s, fwhm)
-    auto = np.correlate(kernel, kernel, mode="full")  # offsets -(L-1)..(L-1), symmetric
-    reach = kernel.size - 1
-    n_y, n_x = int(block_lags[:, 0].max()) + 1, int(block_lags[:, 1].max()) + 1
 
-    def spread(n):
-        # Row k of the matrix puts the autocorrelation at lattice offsets k*s - reach .. k*s + reach.
-        size = (n - 1) * s + 2 * reach + 1
-        matrix = np.zeros((n, size))
-        for k in range(n):
-            matrix[k, k * s : k * s + auto.size] = auto
-        return matrix, np.arange(size) - reach
+    def __init__(self, block_lags, cell_size, psf="box", subdivisions=16, fwhm=1.0):
+        dy, dx = cell_size
+        self.block_lags = np.abs(np.atleast_2d(np.asarray(block_lags, dtype=np.int64)))
+        self.psf = psf
+        if psf == "point":
+            self.distance = np.hypot(self.block_lags[:, 0] * dy, self.block_lags[:, 1] * dx)
+            return
+        s = int(subdivisions)
+        kernel, _ = psf_kernel(psf, s, fwhm)
+        auto = np.correlate(kernel, kernel, mode="full")  # offsets -(L-1)..(L-1), symmetric
+        reach = kernel.size - 1
 
-    spread_y, offsets_y = spread(n_y)
-    spread_x, offsets_x = spread(n_x)
-    rho = model.correlation(np.hypot(offsets_y[:, None] * (dy / s), offsets_x[None, :] * (dx / s)))
-    mean = spread_y @ rho @ spread_x.T
-    return mean[block_lags[:, 0], block_lags[:, 1]]
+        def spread(n):
+            # Row k of the matrix puts the autocorrelation at lattice offsets k*s - reach .. k*s + reach.
+            size = (n - 1) * s + 2 * reach + 1
+            matrix = np.zeros((n, size))
+            for k in range(n):
+                matrix[k, k * s : k * s + auto.size] = auto
+            return matrix, np.arange(size) - reach
+
+        self.spread_y, offsets_y = spread(int(self.block_lags[:, 0].max()) + 1)
+        self.spread_x, offsets_x = spread(int(self.block_lags[:, 1].max()) + 1)
+        self.distance = np.hypot(offsets_y[:, None] * (dy / s), offsets_x[None, :] * (dx / s))
+
+    def __call__(self, model: VariogramModel):
+        rho = model.correlation(self.distance)
+        if self.psf == "point":
+            return rho
+        mean = self.spread_y @ rho @ self.spread_x.T
+        return mean[self.block_lags[:, 0], self.block_lags[:, 1]]
+
+
+class _Regularisation:
+    """:func:`regularize_variogram` on fixed block lags, for any point model (the geometry computed once)."""
+
+    def __init__(self, block_lags, cell_size, psf="box", subdivisions=16, fwhm=1.0):
+        self.zero = _BlockCorrelation([[0, 0]], cell_size, psf, subdivisions, fwhm)
+        self.lags = _BlockCorrelation(block_lags, cell_size, psf, subdivisions, fwhm)
+
+    def __call__(self, model: VariogramModel):
+        return model.sill * (self.zero(model)[0] - self.lags(model))
 
 
 def regularize_variogram(model: VariogramModel, block_lags, cell_size, psf="box", subdivisions=16, fwhm=1.0):
@@ -517,17 +538,30 @@ def regularize_variogram(model: VariogramModel, block_lags, cell_size, psf="box"
     >>> bool(gamma[0] < point(1000.0)), round(float(gamma[1]), 2)   # block support lowers the sill
     (True, 0.6)
     """
-    zero = _block_correlation(model, [[0, 0]], cell_size, psf, subdivisions, fwhm)[0]
-    return model.sill * (zero - _block_correlation(model, block_lags, cell_size, psf, subdivisions, fwhm))
+    return _Regularisation(block_lags, cell_size, psf, subdivisions, fwhm)(model)
 
 
-def _binned_regularized(model, empirical, psf, subdivisions, fwhm):
-    """Regularised variogram averaged over the lag vectors of each bin (pair-weighted)."""
-    values = regularize_variogram(model, empirical.vectors, empirical.cell_size, psf, subdivisions, fwhm)
-    n_bins = empirical.lags.size
-    weights = empirical.vector_counts
-    total = np.bincount(empirical.vector_bin, weights=weights, minlength=n_bins)
-    return np.bincount(empirical.vector_bin, weights=values * weights, minlength=n_bins) / total
+class _BinnedRegularisation:
+    """Regularised variogram of a point model averaged over the lag vectors of each bin of ``empirical``.
+
+    The average is pair-weighted. Each distinct model is regularised once: the deconvolution asks
+    again for models it has already scored.
+    """
+
+    def __init__(self, empirical, psf, subdivisions, fwhm):
+        self.empirical = empirical
+        self.regularisation = _Regularisation(empirical.vectors, empirical.cell_size, psf, subdivisions, fwhm)
+        n_bins = empirical.lags.size
+        self.total = np.bincount(empirical.vector_bin, weights=empirical.vector_counts, minlength=n_bins)
+        self.computed = {}  # model -> its binned regularised variogram
+
+    def __call__(self, model: VariogramModel):
+        if model not in self.computed:
+            empirical = self.empirical
+            weighted = self.regularisation(model) * empirical.vector_counts
+            total = np.bincount(empirical.vector_bin, weights=weighted, minlength=empirical.lags.size)
+            self.computed[model] = total / self.total
+        return self.computed[model]
 
 
 def deconvolve_variogram(
@@ -611,8 +645,7 @@ def deconvolve_variogram(
     lags = empirical.lags
     s2 = structured.sill
 
-    def regularised(model):
-        return _binned_regularized(model, empirical, psf, subdivisions, fwhm)
+    regularised = _BinnedRegularisation(empirical, psf, subdivisions, fwhm)
 
     def discrepancy(model):
         return float(np.mean(np.abs(regularised(model) - target) / target))

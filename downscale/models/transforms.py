@@ -252,9 +252,13 @@ def coherent_correction(prediction, coarse, bounds=(None, None)):
     low, high = bounds if bounds is not None else (None, None)
     factor = grid_module.nesting_factor(coarse, prediction)
     block = grid_module.block_mean(prediction, factor, min_valid=1e-9)
-    m = grid_module.upsample(block, factor, "nearest").values
-    c = grid_module.upsample(coarse.transpose(*block.dims), factor, "nearest").values
     values = np.asarray(prediction.values, dtype=np.float64)
-    corrected = _correct_array(values, m, c, low, high)
-    corrected = np.where(np.isfinite(c) & np.isfinite(m), corrected, values)
-    return prediction.copy(data=corrected)
+    *lead, cy, cx = block.shape
+    # Each block as axes (coarse row, row in block, coarse column, column in block): the block
+    # means and coarse values broadcast over their blocks without fine-size copies.
+    blocks = values.reshape(*lead, cy, factor, cx, factor)
+    m = block.values.reshape(*lead, cy, 1, cx, 1)
+    c = np.asarray(coarse.transpose(*block.dims).values, dtype=np.float64).reshape(*lead, cy, 1, cx, 1)
+    corrected = _correct_array(blocks, m, c, low, high)
+    corrected = np.where(np.isfinite(c) & np.isfinite(m), corrected, blocks)
+    return prediction.copy(data=corrected.reshape(values.shape))
