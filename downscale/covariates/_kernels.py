@@ -319,24 +319,37 @@ def route(z, step_east, step_north):
         Flat index of the cell each cell drains to; -1 for outlets (the grid edge and cells next to
         missing ones, which drain out of the grid) and missing cells.
     """
-    z = np.ascontiguousarray(z, dtype=np.float64)
-    step_east = np.ascontiguousarray(np.abs(np.broadcast_to(np.ravel(step_east), (z.shape[0],))), np.float64)
-    receiver = _steepest_receivers(z, step_east, abs(float(step_north)))
-    label, n_basins, n_outlets = _label_basins(receiver)
-    start, members = _members_by_basin(label, n_basins)
-    graph = _basin_graph(z, label, n_basins, start, members)
-    del start, members
-    _drain_basins(receiver, n_basins, n_outlets, *graph)
+    receiver = finish_route(*start_route(z, step_east, step_north))
     receiver[receiver < 0] = -1
     return receiver
 
 
-@numba.njit(cache=True, nogil=True)
+def start_route(z, step_east, step_north):
+    """The parallel first half of :func:`route`: steepest receivers and basins. Pass the result to :func:`finish_route`."""
+    z = np.ascontiguousarray(z, dtype=np.float64)
+    step_east = np.ascontiguousarray(np.abs(np.broadcast_to(np.ravel(step_east), (z.shape[0],))), np.float64)
+    receiver = _steepest_receivers(z, step_east, abs(float(step_north)))
+    return (z, receiver, *_label_basins(receiver, z.shape[1]))
+
+
+def finish_route(z, receiver, label, n_basins, n_outlets):
+    """The sequential second half of :func:`route`: join the basins and breach the pits (releases the GIL).
+
+    Returns the receivers, negative (not only -1) where a cell drains nowhere in the grid.
+    """
+    start, members = _members_by_basin(label, n_basins)
+    graph = _basin_graph(z, label, n_basins, start, members)
+    del start, members
+    _drain_basins(receiver, n_basins, n_outlets, *graph)
+    return receiver
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
 def _steepest_receivers(z, step_east, step_north):
     """The steepest downhill neighbour of every cell (drop over distance), or MISSING/OUTLET/PIT."""
     ny, nx = z.shape
     receiver = np.empty(ny * nx, np.int32)
-    for i in range(ny):
+    for i in numba.prange(ny):
         diagonal = np.sqrt(step_east[i] ** 2 + step_north**2)
         for j in range(nx):
             c = i * nx + j
@@ -370,32 +383,51 @@ def _steepest_receivers(z, step_east, step_north):
     return receiver
 
 
-@numba.njit(cache=True, nogil=True)
-def _label_basins(receiver):
-    """Basin of every cell (-1 if missing): outlets' basins are numbered first, then the pits'."""
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _label_basins(receiver, nx):
+    """Basin of every cell (-1 if missing): outlets' basins are numbered first, then the pits'.
+
+    Rows are labelled in parallel: a cell follows its receivers down to a labelled cell and labels
+    the path on the way back. Two rows may label the same path at once; they write the same values.
+    """
     n = receiver.size
-    label = np.full(n, -1, np.int32)
-    n_basins = 0
-    for c in range(n):
-        if receiver[c] == OUTLET:
-            label[c] = n_basins
-            n_basins += 1
-    n_outlets = n_basins
-    for c in range(n):
-        if receiver[c] == PIT:
-            label[c] = n_basins
-            n_basins += 1
-    for c in range(n):
-        if receiver[c] == MISSING or label[c] >= 0:
-            continue
-        x = c
-        while label[x] < 0:  # down to a labelled cell (at the latest the terminal outlet or pit)
-            x = receiver[x]
-        basin = label[x]
-        x = c
-        while label[x] < 0:
-            label[x] = basin
-            x = receiver[x]
+    ny = n // nx
+    label = np.empty(n, np.int32)
+    outlets = np.zeros(ny + 1, np.int64)  # terminals of each row, then their running sums
+    pits = np.zeros(ny + 1, np.int64)
+    for i in numba.prange(ny):
+        for c in range(i * nx, (i + 1) * nx):
+            outlets[i + 1] += receiver[c] == OUTLET
+            pits[i + 1] += receiver[c] == PIT
+    for i in range(ny):
+        outlets[i + 1] += outlets[i]
+        pits[i + 1] += pits[i]
+    n_outlets = outlets[ny]
+    n_basins = n_outlets + pits[ny]
+    for i in numba.prange(ny):  # terminals numbered in raster order, outlets first
+        next_outlet = outlets[i]
+        next_pit = n_outlets + pits[i]
+        for c in range(i * nx, (i + 1) * nx):
+            if receiver[c] == OUTLET:
+                label[c] = next_outlet
+                next_outlet += 1
+            elif receiver[c] == PIT:
+                label[c] = next_pit
+                next_pit += 1
+            else:
+                label[c] = -1
+    for i in numba.prange(ny):
+        for c in range(i * nx, (i + 1) * nx):
+            if receiver[c] == MISSING or label[c] >= 0:
+                continue
+            x = c
+            while label[x] < 0:  # down to a labelled cell (at the latest the terminal outlet or pit)
+                x = receiver[x]
+            basin = label[x]
+            x = c
+            while label[x] < 0:
+                label[x] = basin
+                x = receiver[x]
     return label, n_basins, n_outlets
 
 
@@ -485,9 +517,10 @@ def _grown(values, size):
 
 @numba.njit(cache=True, inline="always")
 def _heap_push(keys, items, size, key, item):
+    """Add ``item`` with ``key`` to a 4-ary min-heap of ``size`` entries; returns the new size."""
     pos = size
     while pos > 0:
-        parent = (pos - 1) // 2
+        parent = (pos - 1) >> 2
         if keys[parent] <= key:
             break
         keys[pos] = keys[parent]
@@ -500,18 +533,20 @@ def _heap_push(keys, items, size, key, item):
 
 @numba.njit(cache=True, inline="always")
 def _heap_pop(keys, items, size):
-    """Remove the smallest key; returns its item and the new size."""
+    """Remove the smallest key of a 4-ary min-heap; returns its item and the new size."""
     top = items[0]
     size -= 1
     last_key = keys[size]
     last_item = items[size]
     pos = 0
     while True:
-        child = 2 * pos + 1
-        if child >= size:
+        first = 4 * pos + 1
+        if first >= size:
             break
-        if child + 1 < size and keys[child + 1] < keys[child]:
-            child += 1
+        child = first
+        for other in range(first + 1, min(first + 4, size)):
+            if keys[other] < keys[child]:
+                child = other
         if keys[child] >= last_key:
             break
         keys[pos] = keys[child]

@@ -20,6 +20,7 @@ flow decelerates or converges).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -649,14 +650,20 @@ def _row_cell_area(dem):
     return np.ascontiguousarray(grid_module.cell_area(column).values[:, 0], dtype=np.float64)
 
 
-def _contributing_area(dem, z=None):
-    """Flat array of the upslope area of every cell (NaN on missing cells), from the compiled kernels."""
+def _contributing_area(dem, z=None, started=None):
+    """Flat array of the upslope area of every cell (NaN on missing cells), from the compiled kernels.
+
+    ``started`` is the result of :func:`downscale.covariates._kernels.start_route` when the routing's
+    parallel first half has already run.
+    """
     from . import _kernels
 
-    z = np.ascontiguousarray(dem.values if z is None else z, dtype=np.float64)
-    step_north, step_east = _steps_metres(dem)
-    receiver = _kernels.route(z, step_east, step_north)
-    return _kernels.accumulate_rows(_row_cell_area(dem), receiver, z)
+    if started is None:
+        z = np.ascontiguousarray(dem.values if z is None else z, dtype=np.float64)
+        step_north, step_east = _steps_metres(dem)
+        started = _kernels.start_route(z, step_east, step_north)
+    receiver = _kernels.finish_route(*started)
+    return _kernels.accumulate_rows(_row_cell_area(dem), receiver, started[0])
 
 
 def flow_accumulation(dem) -> xr.DataArray:
@@ -878,18 +885,24 @@ def dem_features(
     if "solar" in features and solar_time is None:
         raise ValueError("The 'solar' feature needs a time: pass solar_time='2024-06-21T10:30' (UTC).")
     d = _Derivatives(dem, method=method)
-    routing = area = None
-    if "twi" in features:
+    if "twi" not in features:
+        out = _all_features(dem, d, features, tpi_radii, solar_time)
+    else:
         _flow_kernels()  # says how to install numba when it is missing
-        # The flow routing is sequential and releases the GIL: run it in a thread while the
-        # (parallel) kernels of the other features use the remaining cores.
-        routing = ThreadPoolExecutor(max_workers=1)
-        area = routing.submit(_contributing_area, dem, d.z)
-    try:
-        out = _all_features(dem, d, features, tpi_radii, solar_time, area)
-    finally:
-        if routing is not None:
-            routing.shutdown(wait=True)
+        from . import _kernels
+
+        # The routing's first half (receivers, basins) runs in parallel; its second half is
+        # sequential and releases the GIL, so it runs in a thread while the other features'
+        # kernels take one thread each: the two halves of the machine stay busy.
+        step_north, step_east = _steps_metres(dem)
+        started = _kernels.start_route(d.z, step_east, step_north)
+        others = [f for f in features if f != "twi"]
+        with ThreadPoolExecutor(max_workers=1) as routing:
+            area = routing.submit(_contributing_area, dem, started=started)
+            with _numba_threads_while(area) as share:
+                out = _all_features(dem, d, others, tpi_radii, solar_time, before_each=share)
+            out["twi"] = twi(d, _area=area.result())
+        out = {name: out[name] for name in _feature_names(features, tpi_radii)}
     result = xr.Dataset(out)
     if "spatial_ref" in result.coords:  # every feature carries the DEM's grid mapping already
         return result
@@ -897,11 +910,45 @@ def dem_features(
     return grid_module.set_crs(result, crs)
 
 
-def _all_features(dem, d, features, tpi_radii, solar_time, area):
-    """The features of ``dem_features`` in the order asked; ``area`` is a future of the flow area."""
+def _feature_names(features, tpi_radii):
+    """Names of the variables of ``dem_features`` for ``features``, in order."""
+    names = []
+    for feature in features:
+        if feature == "tpi":
+            names += [f"tpi_{_radius_label(r)}" for r in tpi_radii]
+        elif feature == "solar":
+            names.append("solar_illumination")
+        else:
+            names.append(feature)
+    return names
+
+
+@contextlib.contextmanager
+def _numba_threads_while(future):
+    """Yield a function that gives this thread's numba kernels one thread fewer while ``future`` runs.
+
+    :func:`_all_features` calls it before each kernel, so the kernels that start after the future
+    is done use every thread again. The thread count is restored on leaving the block.
+    """
+    import numba
+
+    threads = numba.get_num_threads()
+
+    def share():
+        numba.set_num_threads(threads if future.done() else max(1, threads - 1))
+
+    try:
+        yield share
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _all_features(dem, d, features, tpi_radii, solar_time, before_each=lambda: None):
+    """The features of ``dem_features`` in the order asked; ``before_each()`` is called before each kernel."""
     out = {}
     curvatures = None
     for feature in features:
+        before_each()
         if feature == "elevation":
             attrs = {k: v for k, v in dem.attrs.items() if k in ("standard_name",)}
             out["elevation"] = _wrap(dem.values.copy(), dem, "elevation", "elevation", "m", **attrs)
@@ -922,12 +969,13 @@ def _all_features(dem, d, features, tpi_radii, solar_time, area):
             z = np.ascontiguousarray(dem.values)
             tables = _summed_area(z, kernels) if kernels is not None else None
             for radius in tpi_radii:
+                before_each()
                 da = tpi(dem.copy(data=z), radius, _tables=tables)
                 out[da.name] = da
         elif feature == "roughness":
             out["roughness"] = roughness(dem)
         elif feature == "twi":
-            out["twi"] = twi(d, _area=area.result())
+            out["twi"] = twi(d)
         elif feature == "solar":
             out["solar_illumination"] = solar_illumination(d, solar_time)
     return out
