@@ -951,7 +951,8 @@ def _all_features(dem, d, features, tpi_radii, solar_time, before_each=lambda: N
         before_each()
         if feature == "elevation":
             attrs = {k: v for k, v in dem.attrs.items() if k in ("standard_name",)}
-            out["elevation"] = _wrap(dem.values.copy(), dem, "elevation", "elevation", "m", **attrs)
+            # The DEM's own array, as xarray shares a variable's memory when it goes into a Dataset.
+            out["elevation"] = _wrap(dem.values, dem, "elevation", "elevation", "m", **attrs)
         elif feature == "slope":
             out["slope"] = slope(d)
         elif feature == "northness":
