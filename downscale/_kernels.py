@@ -10,6 +10,8 @@ summation, so on the numpy builds tested the results agree bit for bit.
 import numba
 import numpy as np
 
+from ._parallel import parallel_kernel
+
 #: Longest run that numpy's pairwise summation adds with eight accumulators before halving it.
 PAIRWISE_BLOCK = 128
 
@@ -98,7 +100,7 @@ def _pairwise_sum(row, start, n, centre, square):
     return sums[0]
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@parallel_kernel
 def block_mean(values, row_weights, factor, min_valid):
     """Block means and valid fractions of ``values (n, ny, nx)`` over ``factor x factor`` blocks.
 
@@ -136,7 +138,7 @@ def block_mean(values, row_weights, factor, min_valid):
     return mean, fraction
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@parallel_kernel
 def nanstd_rows(values):
     """``numpy.nanstd(values, axis=1)`` of a float64 ``(k, n)`` array (NaN for a row without values).
 

@@ -9,6 +9,8 @@ computes (tests compare the two).
 import numba
 import numpy as np
 
+from .._parallel import parallel_kernel
+
 
 @numba.njit(cache=True, inline="always")
 def first(before, centre, after, h):
@@ -32,7 +34,7 @@ def second(before, centre, after, h):
     return (after - 2.0 * centre + before) / (h * h)
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@parallel_kernel
 def terrain(z, step_north, step_east, horn):
     ny, nx = z.shape
     tan_slope = np.empty((ny, nx))
@@ -179,7 +181,7 @@ def _store(tan_slope, north, east, profile, plan, slope, i, j, gx, gy, p, q, r, 
         plan[i, j] = 0.0
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@parallel_kernel
 def roughness(z):
     ny, nx = z.shape
     out = np.empty((ny, nx))
@@ -219,7 +221,7 @@ def roughness(z):
     return out
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@parallel_kernel
 def integral(z, offset, with_count):
     """Summed-area tables of ``z - offset`` and of the valid-cell count (the count only ``with_count``).
 
@@ -258,7 +260,7 @@ def integral(z, offset, with_count):
     return total, count
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@parallel_kernel
 def position(z, offset, total, count, half_rows, half_cols):
     """Elevation minus the window mean; ``count`` of shape (1, 1) means the grid has no gaps."""
     ny, nx = z.shape
@@ -344,7 +346,7 @@ def finish_route(z, receiver, label, n_basins, n_outlets):
     return receiver
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@parallel_kernel
 def _steepest_receivers(z, step_east, step_north):
     """The steepest downhill neighbour of every cell (drop over distance), or MISSING/OUTLET/PIT."""
     ny, nx = z.shape
@@ -383,7 +385,7 @@ def _steepest_receivers(z, step_east, step_north):
     return receiver
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@parallel_kernel
 def _label_basins(receiver, nx):
     """Basin of every cell (-1 if missing): outlets' basins are numbered first, then the pits'.
 
@@ -627,7 +629,7 @@ def accumulate_rows(row_weight, receiver, z):
     return total
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
+@parallel_kernel
 def wetness(area, row_width, tan_slope, min_tan_slope):
     """``ln(area / width / max(tan_slope, min_tan_slope))`` written over ``area`` (flat), NaN stays NaN."""
     ny, nx = tan_slope.shape

@@ -634,7 +634,7 @@ def roughness(dem) -> xr.DataArray:
 
 
 def _flow_kernels():
-    """The compiled priority-flood routing and accumulation kernels."""
+    """The compiled D8 routing (depressions breached) and accumulation kernels."""
     try:
         from . import _kernels
     except ImportError as error:  # numba comes with shap, a dependency of downscale
