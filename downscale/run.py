@@ -185,7 +185,7 @@ class DaskConfig:
     """Where the tiles run: local threads, a LocalCluster of ``workers``, or a scheduler address.
 
     Measured with ``benchmarks/bench_run.py`` on 2 cores (100 x 100 -> 2500 x 2500, 10 steps): one
-    thread 42.6 s, two threads 42.4 s, a LocalCluster of two in-process workers 73.9 s. The tiles' work
+    thread 37.8 s, two threads 40.8 s, a LocalCluster of two in-process workers 67.8 s. The tiles' work
     holds the GIL much of the time (the trend's predict, the kriging gathers) and every tile of a
     LocalCluster goes through the distributed scheduler, so on one small machine one thread is as fast
     as any; ``workers`` and ``scheduler`` are for runs that leave the machine, where that overhead buys
