@@ -893,7 +893,7 @@ def dem_features(
 
         # The routing's first half (receivers, basins) runs in parallel; its second half is
         # sequential and releases the GIL, so it runs in a thread while the other features'
-        # kernels take one thread each: the two halves of the machine stay busy.
+        # kernels take one thread fewer, until it is done: every core stays busy.
         step_north, step_east = _steps_metres(dem)
         started = _kernels.start_route(d.z, step_east, step_north)
         others = [f for f in features if f != "twi"]
