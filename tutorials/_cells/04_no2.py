@@ -12,7 +12,7 @@
 # 2. what a terrain trend does to hot spots that terrain does not explain;
 # 3. what the **area of applicability** (AOA) of the trend says, and what it cannot say.
 #
-# The synthetic scene keeps the fine truth. It runs in about half a minute.
+# The synthetic scene keeps the fine truth. It runs in about ten seconds.
 
 # %%
 import warnings
@@ -96,7 +96,7 @@ table.round(2)
 # Three things stand out.
 #
 # - **The log transform matters.** The same linear trend is clearly better in log space (lower RMSE,
-#   much lower RMSE over the hot spots, and a log error five times smaller). In raw units the coherent
+#   much lower RMSE over the hot spots, and a log error nearly four times smaller). In raw units the coherent
 #   correction has to pull the background down to 0 in some pixels (minimum 0.0) to make room for the
 #   peaks; the truth never goes below about 1.5.
 # - **A flexible trend invents hot spots.** LightGBM, even in log space, is worse than bilinear

@@ -163,9 +163,9 @@ print(f"land pixels whose truth is inside it: {float(inside_truth.mean()):.0%} (
       f"{float((abs(scene.truth - fine) <= 1.6449 * std).where(scene.mask).mean()):.0%})")
 
 # %% [markdown]
-# Against the full truth the calibrated intervals now hold nearly all the land pixels (97 %), up from
-# 60 %: a little wide, because the scale also absorbs what a station sees and a pixel does not
-# (the 0.02 m3 m-3 point noise). The 30 check stations say less (about three quarters inside): with 30
+# Against the full truth the calibrated intervals now hold nearly all the land pixels (98 %), up from
+# 62 %: a little wide, because the scale also absorbs what a station sees and a pixel does not
+# (the 0.02 m3 m-3 point noise). The 30 check stations say a little less (87 % inside): with 30
 # values on each side both the scale and the check are uncertain by roughly +-8 percentage points,
 # so a split this small can only tell "about right" from "far off". Once checked, calibrate on all
 # the stations. The guarantee holds when the pixels you care about are like the station sites:

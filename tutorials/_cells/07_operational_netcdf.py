@@ -204,7 +204,7 @@ fig = ds.plot.plot_maps(
 print(f"share of land pixels inside the area of applicability: {float(day['aoa'].where(day['aoa'].notnull()).mean()):.0%}")
 
 # %% [markdown]
-# A large part of the 1 km pixels is outside: steep slopes and strongly north- or south-facing pixels
+# Almost a quarter of the 1 km pixels is outside: strongly north- or south-facing pixels
 # that no 10 km average shows. The trend extrapolates there (tutorial 04 shows what the AOA does and
 # does not tell you).
 #

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 08 · A UNet trained without fine truth, with a coherence layer, against ATPRK
+# # 08 · A network trained without fine truth, with a coherence layer, against ATPRK
 #
 # Deep learning downscaling usually needs pairs of coarse and fine fields. Often there are none.
 # `UNetDownscaler` can be trained by the **Wald protocol** instead: the coarse series is degraded
@@ -11,8 +11,8 @@
 #
 # We compare it with **ATPRK** (area-to-point regression kriging: `Downscaler` with a linear trend and
 # ATPK of the residuals, fitted day by day), with plain ATPK (no covariates), with bilinear
-# interpolation, and with what the constraint layer alone makes of bilinear interpolation, on ten days of synthetic precipitation with known fine truth. The network is tiny
-# and trained for a few epochs so that the notebook runs in about a minute on two cores; real use
+# interpolation, and with what the constraint layer alone makes of bilinear interpolation, on ten days of synthetic precipitation with known fine truth. The network is small
+# and trained for a few epochs so that the notebook runs in well under a minute on two cores; real use
 # takes more epochs, more days and a wider network.
 
 # %%
@@ -43,11 +43,20 @@ SMALL = dict(base_channels=8, depth=2, max_epochs=6, n_mc=8, n_threads=2, seed=0
 # `fit` needs only the coarse series and the fine covariates. `constraint="auto"` picks the softmax
 # layer because the coarse field declares `valid_min = 0`. Training stops early when the loss on a
 # held-out strip of the scene stops improving, and keeps the best epoch.
+#
+# Trained this way, the network is **per pixel** by default (`architecture="auto"`: 1 x 1 layers, no
+# pooling). A UNet's 3 x 3 kernels would span three 10 km cells in training and three 1 km pixels
+# in use, so the spatial patterns it learns at the Wald scale would be applied at a scale ten times
+# finer; `architecture="unet"` keeps the UNet anyway. With fine truth to train on (supervised mode,
+# `fit(coarse, X, y_fine=...)`) the same class builds the UNet, where its kernels see the scale they
+# are used at. Everything below (the coherence layer, the anomaly channels, the dropout spread) is the same
+# for both networks.
 
 # %%
 start = time.perf_counter()
 unet = UNetDownscaler(**SMALL).fit(scene.coarse, X)
-print(f"trained in {time.perf_counter() - start:.0f} s: constraint {unet.constraint_!r}, Wald factor "
+print(f"trained in {time.perf_counter() - start:.0f} s: {'per-pixel network' if unet.pointwise_ else 'UNet'}, "
+      f"constraint {unet.constraint_!r}, Wald factor "
       f"{unet.wald_factor_}, best epoch {unet.best_epoch_} of {len(unet.history_)}")
 
 history = pd.DataFrame(unet.history_)
@@ -80,7 +89,7 @@ print(f"smallest value: {float(unet_fine.min()):.1f} mm; "
 # (`trend="linear"` for ATPRK, `"none"` for ATPK alone), so the comparison does not depend on the
 # package's default. "Coherent bilinear" is bilinear interpolation rescaled within each coarse cell so
 # that the block means are right (`downscale.models.transforms.coherent_correction`): it is what the
-# UNet's softmax layer outputs when the network adds nothing, so it tells us how much the network
+# network's softmax layer outputs when the network adds nothing, so it tells us how much the network
 # itself contributes.
 
 # %%
@@ -100,7 +109,7 @@ predictions = {
     "coherent bilinear": coherent_correction(bilinear, scene.coarse, bounds=(0.0, None)),
     "ATPK (no covariates)": per_day("none", X),
     "ATPRK (linear trend)": per_day("linear", X),
-    "UNet (Wald)": unet_fine,
+    "network (Wald)": unet_fine,
 }
 print(f"ATPK and ATPRK, 10 days each: {time.perf_counter() - start:.0f} s")
 
@@ -142,26 +151,26 @@ fig = ds.plot.plot_maps(panels, share=list(panels), cmap="Blues", ncols=3, figsi
 # Read the table from the top:
 #
 # - **Coherence is most of the gain.** Just rescaling bilinear interpolation within each coarse cell
-#   ("coherent bilinear") takes the RMSE from 1.83 to about 1.3 mm. The UNet takes it to about
+#   ("coherent bilinear") takes the RMSE from 1.83 to about 1.3 mm. The network takes it to about
 #   1.2 mm, less than 10 % better than that. The training curve above says the same: the loss on the
 #   held-out strip moves by a few per cent, so the small network, trained for a few epochs by the Wald
 #   protocol, learns little beyond its constraint layer. A larger network, more days and more epochs may learn more
 #   (`benchmarks/bench_unet.py` measures it); whatever you train, measure it against the coherent
 #   baseline, not against plain bilinear interpolation.
-# - **ATPRK is no better than the UNet here**: elevation explains some of the orographic enhancement,
+# - **ATPRK is no better than the network here**: elevation explains some of the orographic enhancement,
 #   but the storms that decide where it rains are not in the terrain.
 # - **Plain ATPK, without any covariate, is the best of all**, also on the wettest pixels: it places the
 #   rain of each coarse cell following the spatial correlation of the field itself. On this scene the
 #   covariates are not worth their risk (tutorial 02 reaches the same conclusion with tree models).
 #
-# Every coherent method keeps the block means (bias 0). On the wettest day, the UNet's map is the
-# coherent bilinear one with slightly sharper edges; ATPRK adds terrain texture to the storms.#
+# Every coherent method keeps the block means (bias 0). On the wettest day, the network's map is the
+# coherent bilinear one with slightly sharper edges; ATPRK adds terrain texture to the storms.
 # ## A misleading covariate
 #
 # Now give both methods two more terrain covariates, slope and northness. The fine truth depends on
 # them only weakly (a +-20 % effect of slopes facing the moist flow). ATPRK fits its linear trend on the
 # 10 km cells, where these covariates vary little, in log space; applied to 1 km pixels the
-# exaggerated slope becomes a multiplicative factor. The UNet sees covariates as *anomalies* from their
+# exaggerated slope becomes a multiplicative factor. The network sees covariates as *anomalies* from their
 # block means, and only those whose anomalies spread about as much on the 1 km grid as at the Wald
 # training scale (within a factor 2).
 
@@ -169,7 +178,7 @@ fig = ds.plot.plot_maps(panels, share=list(panels), cmap="Blues", ncols=3, figsi
 X_more = covariates[["elevation", "slope", "northness", "ndvi"]]
 start = time.perf_counter()
 unet_more = UNetDownscaler(**SMALL).fit(scene.coarse, X_more)
-more = {"ATPRK (linear trend)": per_day("linear", X_more), "UNet (Wald)": unet_more.predict(X_more)}
+more = {"ATPRK (linear trend)": per_day("linear", X_more), "network (Wald)": unet_more.predict(X_more)}
 print(f"{time.perf_counter() - start:.0f} s")
 print(pd.DataFrame({"anomaly spread, 1 km / Wald scale": np.divide(unet_more.fine_spread_, unet_more.training_spread_),
                     "input channel": unet_more.anomaly_used_}, index=unet_more.covariate_names_).round(2))
@@ -183,12 +192,12 @@ pd.DataFrame({
 # Two covariates more, and ATPRK's error is multiplied by more than six, with single pixels far wetter
 # than anything in the truth: a coefficient learned from 10 km averages, applied in log space to 1 km
 # pixels, is an exponential amplifier of any exaggeration (tutorial 06 shows the same effect, milder,
-# for LST). The UNet does not change: the anomalies of slope and northness spread about 2.6 times more
+# for LST). The network does not change: the anomalies of slope and northness spread about 2.6 times more
 # within a 10 km cell of 1 km pixels than within a 20 km cell of 10 km pixels, so what a weight learns
-# about them at the Wald scale would not hold at 1 km, and the UNet leaves them out (`anomaly_used_`).
+# about them at the Wald scale would not hold at 1 km, and the network leaves them out (`anomaly_used_`).
 # Any other covariate whose fine detail the coarse cells do not show (curvatures, small-radius TPI,
 # location) is left out the same way. That is a real advantage of its design, and a reason to check
-# every covariate you give to a regression trend.#
+# every covariate you give to a regression trend.
 # ## Uncertainty from Monte-Carlo dropout
 #
 # `predict(X, return_std=True)` runs the network `n_mc` times with dropout switched on and returns the
@@ -199,7 +208,7 @@ pd.DataFrame({
 day = scene.coarse.isel(time=[wettest])
 mean, std = unet.predict(X, return_std=True, coarse=day)
 error = abs(mean - scene.truth.isel(time=[wettest]))
-error.attrs = {"long_name": "|UNet - truth|", "units": "mm"}
+error.attrs = {"long_name": "|network - truth|", "units": "mm"}
 inside = float((error <= 1.6449 * std).where(scene.truth.isel(time=[wettest]) > 0).mean())
 print(f"standard deviation: median {float(std.median()):.4f} mm, largest {float(std.max()):.3f} mm; "
       f"absolute error: median {float(error.median()):.2f} mm, largest {float(error.max()):.1f} mm")
@@ -208,16 +217,16 @@ fig = ds.plot.plot_maps({"MC-dropout standard deviation": std, "absolute error":
                         figsize_per_panel=3.8)   # separate colour ranges: on a shared one the std is invisible
 
 # %% [markdown]
-# **The Monte-Carlo dropout spread is not an uncertainty.** It is hundreds of times smaller than the
+# **The Monte-Carlo dropout spread is not an uncertainty.** It is 60 to 90 times smaller than the
 # actual errors, and almost no wet pixel has its error inside the nominal 90 % interval. Dropout
 # measures how much the network's *correction* varies when some of its channels are dropped; the
 # error here comes from where the storm sits inside each coarse cell, which the network cannot know
 # and dropout cannot see. Do not use it as a confidence interval. For an uncertainty that can be
 # checked, use the `Downscaler`'s standard deviation (calibrated by the Wald protocol, tutorial 05)
-# or station coverage.#
+# or station coverage.
 # ## What could go wrong?
 #
-# **One scene is not enough to train.** The UNet learns from many tiles over many time steps; with a
+# **One scene is not enough to train.** The network learns from many tiles over many time steps; with a
 # single day there are too few. Use ATPRK (`Downscaler`) for single scenes.
 
 # %%
