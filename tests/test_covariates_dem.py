@@ -532,3 +532,11 @@ def test_compiled_kernels_match_the_numpy_code(rough_dem, monkeypatch):
                     atol=atol,
                     err_msg=f"{name} {method}",
                 )
+
+
+def test_routing_refuses_more_cells_than_its_indices_hold(monkeypatch):
+    from downscale.covariates import _kernels
+
+    monkeypatch.setattr(_kernels, "MAX_ROUTING_CELLS", 99)
+    with pytest.raises(ValueError, match=r"at most 99 cells; this DEM has 10 x 10 = 100\. Coarsen the DEM"):
+        terrain.flow_accumulation(plane(0.1, 0.0, shape=(10, 10)))

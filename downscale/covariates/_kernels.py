@@ -326,8 +326,18 @@ def route(z, step_east, step_north):
     return receiver
 
 
+#: Cell indices are int32: half the memory of int64 for the routing's arrays of cell indices.
+MAX_ROUTING_CELLS = 2**31 - 1
+
+
 def start_route(z, step_east, step_north):
     """The parallel first half of :func:`route`: steepest receivers and basins. Pass the result to :func:`finish_route`."""
+    if z.size > MAX_ROUTING_CELLS:
+        raise ValueError(
+            f"The flow routing indexes cells with 32-bit integers, so it takes at most {MAX_ROUTING_CELLS} "
+            f"cells; this DEM has {z.shape[0]} x {z.shape[1]} = {z.size}. Coarsen the DEM, or compute the "
+            f"wetness index by catchments that fit and merge them."
+        )
     z = np.ascontiguousarray(z, dtype=np.float64)
     step_east = np.ascontiguousarray(np.abs(np.broadcast_to(np.ravel(step_east), (z.shape[0],))), np.float64)
     receiver = _steepest_receivers(z, step_east, abs(float(step_north)))
