@@ -1,4 +1,4 @@
-"""Compiled (numba) kernels of the grid and the Downscaler: the block mean and the NaN-aware standard deviation.
+"""Compiled (numba) kernels of the grid and the Downscaler: block mean, NaN-aware standard deviation, fingerprint.
 
 Kept apart so that they are compiled at module level, where numba's on-disk cache works:
 the first import after installation compiles them once (a few seconds); later imports load them.

@@ -650,20 +650,19 @@ def _row_cell_area(dem):
     return np.ascontiguousarray(grid_module.cell_area(column).values[:, 0], dtype=np.float64)
 
 
-def _contributing_area(dem, z=None, started=None):
-    """Flat array of the upslope area of every cell (NaN on missing cells), from the compiled kernels.
+def _contributing_area(d, started=None):
+    """Flat array of the upslope area of every cell of ``d.dem`` (NaN on missing cells), compiled kernels.
 
-    ``started`` is the result of :func:`downscale.covariates._kernels.start_route` when the routing's
-    parallel first half has already run.
+    ``d`` is the DEM's :class:`_Derivatives` (its elevations and steps in metres); ``started`` the
+    result of :func:`downscale.covariates._kernels.start_route` when the routing's parallel first half
+    has already run.
     """
     from . import _kernels
 
     if started is None:
-        z = np.ascontiguousarray(dem.values if z is None else z, dtype=np.float64)
-        step_north, step_east = _steps_metres(dem)
-        started = _kernels.start_route(z, step_east, step_north)
+        started = _kernels.start_route(d.z, d.step_east, d.step_north)
     receiver = _kernels.finish_route(*started)
-    return _kernels.accumulate_rows(_row_cell_area(dem), receiver, started[0])
+    return _kernels.accumulate_rows(_row_cell_area(d.dem), receiver, started[0])
 
 
 def flow_accumulation(dem) -> xr.DataArray:
@@ -694,7 +693,7 @@ def flow_accumulation(dem) -> xr.DataArray:
     """
     dem = check_dem(dem)
     _flow_kernels()  # says how to install numba when it is missing
-    total = _contributing_area(dem).reshape(dem.shape)
+    total = _contributing_area(_Derivatives(dem)).reshape(dem.shape)
     return _wrap(total, dem, "flow_accumulation", "upslope contributing area (D8)", "m2")
 
 
@@ -712,7 +711,7 @@ def twi(dem, method: str = "horn", _area=None) -> xr.DataArray:
 
     row_area = _row_cell_area(d.dem)
     # dem_features passes the contributing area, computed in a thread next to the other features.
-    area = _area if _area is not None else _contributing_area(d.dem, d.z)
+    area = _area if _area is not None else _contributing_area(d)
     values = _kernels.wetness(area, np.sqrt(row_area), np.ascontiguousarray(d.tan_slope), MIN_TAN_SLOPE)
     return _wrap(values, d.dem, "twi", "topographic wetness index ln(a / tan(slope)), a in m", "1")
 
@@ -894,11 +893,10 @@ def dem_features(
         # The routing's first half (receivers, basins) runs in parallel; its second half is
         # sequential and releases the GIL, so it runs in a thread while the other features'
         # kernels take one thread fewer, until it is done: every core stays busy.
-        step_north, step_east = _steps_metres(dem)
-        started = _kernels.start_route(d.z, step_east, step_north)
+        started = _kernels.start_route(d.z, d.step_east, d.step_north)
         others = [f for f in features if f != "twi"]
         with ThreadPoolExecutor(max_workers=1) as routing:
-            area = routing.submit(_contributing_area, dem, started=started)
+            area = routing.submit(_contributing_area, d, started=started)
             with _numba_threads_while(area) as share:
                 out = _all_features(dem, d, others, tpi_radii, solar_time, before_each=share)
             out["twi"] = twi(d, _area=area.result())
