@@ -230,8 +230,10 @@ def _demo(args) -> int:
     step(f"  {len(covariates.data_vars)} covariates: {', '.join(covariates.data_vars)}")
     params = {} if args.trend is None else {"trend": args.trend}
     model = ds.Downscaler(**params)
-    step(f"Fitting the Downscaler ({model!r})")
-    model.fit(scene.coarse, covariates)
+    # A land-only variable (LST, soil moisture) is downscaled on land pixels only: no values at sea.
+    mask = scene.mask if ds.datasets.VARIABLES[scene.variable]["land_only"] else None
+    step(f"Fitting the Downscaler ({model!r})" + (" on land pixels" if mask is not None else ""))
+    model.fit(scene.coarse, covariates, mask=mask)
     chosen = getattr(model, "selected_trend_", None)
     cv_results = getattr(model, "cv_results_", None)
     if cv_results is not None:

@@ -211,7 +211,7 @@ def save_figure(fig, path, dpi=110):
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(handle)
     try:
-        fig.savefig(temporary, dpi=dpi)
+        fig.savefig(temporary, dpi=dpi, bbox_inches="tight")  # long colour-bar labels stay inside
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -62,6 +62,8 @@ def test_demo_writes_cf_netcdf_map_and_report(tmp_path, capsys):
     back = grid.block_mean(data["lst"].load(), 25)
     valid = np.isfinite(scene.coarse.values)
     np.testing.assert_allclose(back.values[valid], scene.coarse.values[valid], rtol=1e-9)
+    # LST is a land variable: downscaled on land pixels only, NaN at sea like the truth.
+    np.testing.assert_array_equal(np.isfinite(data["lst"].values), scene.mask.values)
     assert (output / "maps.png").stat().st_size > 10_000
     report = (output / "report.md").read_text()
     assert "RMSE against the fine truth" in report and "![maps](maps.png)" in report
