@@ -71,7 +71,7 @@ def positive_control():
     for variable in ("lst", "precipitation", "no2", "soil_moisture"):
         scene = ds.datasets.synthetic_scene(variable, seed=0)
         X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
-        mask = scene.mask if variable in ("lst", "soil_moisture") else None
+        mask = scene.mask if ds.datasets.VARIABLES[scene.variable]["land_only"] else None
         auto = Downscaler(calibrate_std=False).fit(scene.coarse, X, mask=mask)
         default = rmse(auto.predict(X), scene.truth)
         single, every = {}, {}

@@ -78,7 +78,7 @@ def main(argv=None):
             variable, seed=args.seed, n_times=n_times, shape=shape, factor=factor
         )
         X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
-        mask = scene.mask if variable in ("lst", "soil_moisture") else None
+        mask = scene.mask if ds.datasets.VARIABLES[scene.variable]["land_only"] else None
         truth = scene.truth.values
         bilinear = ds.grid.upsample(scene.coarse, factor, "bilinear")
         if mask is not None:
