@@ -40,11 +40,16 @@ def plane(gradient_east, gradient_north, shape=(30, 40), cell_size=100.0):
 def test_planes_in_all_directions(gradient_east, gradient_north, facing, north, east, method):
     dem = plane(gradient_east, gradient_north)
     expected_slope = np.degrees(np.arctan(np.hypot(gradient_east, gradient_north)))
-    # Exact everywhere, edges included (one-sided differences there).
-    np.testing.assert_allclose(terrain.slope(dem, method=method).values, expected_slope, rtol=1e-10)
-    np.testing.assert_allclose(terrain.aspect(dem, method=method).values, facing, atol=1e-8)
-    np.testing.assert_allclose(terrain.northness(dem, method=method).values, north, atol=1e-12)
-    np.testing.assert_allclose(terrain.eastness(dem, method=method).values, east, atol=1e-12)
+    # Exact everywhere, edges included (one-sided differences there), in float64.
+    full = {"method": method, "dtype": np.float64}
+    np.testing.assert_allclose(terrain.slope(dem, **full).values, expected_slope, rtol=1e-10)
+    np.testing.assert_allclose(terrain.aspect(dem, **full).values, facing, atol=1e-8)
+    np.testing.assert_allclose(terrain.northness(dem, **full).values, north, atol=1e-12)
+    np.testing.assert_allclose(terrain.eastness(dem, **full).values, east, atol=1e-12)
+    # The float32 default is the same numbers, rounded.
+    default = terrain.slope(dem, method=method)
+    assert default.dtype == np.float32
+    np.testing.assert_array_equal(default.values, terrain.slope(dem, **full).values.astype(np.float32))
 
 
 def test_south_up_grid_gives_the_same_aspect():
@@ -134,9 +139,9 @@ def test_central_gradient_agrees_with_numpy_gradient(rough_dem):
     gy, gx = np.gradient(z, 250.0)  # rows run southward on this north-up grid
     expected = np.degrees(np.arctan(np.hypot(gx, gy)))
     np.testing.assert_allclose(
-        terrain.slope(rough_dem, method="central").values, expected, rtol=1e-12, atol=1e-12
+        terrain.slope(rough_dem, method="central", dtype=np.float64).values, expected, rtol=1e-12, atol=1e-12
     )
-    north = terrain.northness(rough_dem, method="central").values
+    north = terrain.northness(rough_dem, method="central", dtype=np.float64).values
     magnitude = np.hypot(gx, gy)
     sloped = magnitude > 1e-9
     # dz/d(north) = -dz/d(row); northness = -dz/dnorth / |grad|.
@@ -159,7 +164,7 @@ def test_curvature_of_a_paraboloid(paraboloid_grid, sign):
     a = 2e-3
     z = sign * a * (x**2 + y**2) / 2  # bowl (sign +1) or dome (sign -1)
     dem = make_dem(z, 10.0, origin=(-205.0, -205.0))
-    profile, plan = terrain.curvature(dem)
+    profile, plan = terrain.curvature(dem, dtype=np.float64)
     r = np.hypot(x, y)
     inner = np.zeros_like(r, dtype=bool)
     inner[1:-1, 1:-1] = True
@@ -191,7 +196,7 @@ def test_tpi_of_a_cone():
     k = 0.2
     dem = make_dem(2000.0 - k * np.hypot(x, y), cell, origin=(-3050.0, -3050.0))
     radius = 1000.0
-    result = terrain.tpi(dem, radius)
+    result = terrain.tpi(dem, radius, dtype=np.float64)
     assert result.name == "tpi_1km"
     # At the apex: k times the mean distance over the 21 x 21 window (computed by hand).
     offsets = np.arange(-10, 11) * cell
@@ -223,7 +228,7 @@ def test_tpi_window_shrinks_at_edges_and_ignores_nan():
 def test_roughness():
     rng = np.random.default_rng(0)
     z = rng.normal(3000.0, 5.0, (20, 20))
-    result = terrain.roughness(make_dem(z)).values
+    result = terrain.roughness(make_dem(z), dtype=np.float64).values
     assert result[5, 7] == pytest.approx(np.std(z[4:7, 6:9]), rel=1e-9)
     assert result[0, 0] == pytest.approx(np.std(z[0:2, 0:2]), rel=1e-9)
     assert np.all(terrain.roughness(plane(0, 0)).values == 0)
@@ -392,7 +397,7 @@ def test_illumination_of_sun_facing_and_shaded_slopes():
     flat = plane(0.0, 0.0)
     lon, lat = terrain._grid_centre_lonlat(flat)
     zenith, _ = terrain.solar_position(time, lat, lon)
-    lit_flat = terrain.solar_illumination(flat, time).values
+    lit_flat = terrain.solar_illumination(flat, time, dtype=np.float64).values
     np.testing.assert_allclose(lit_flat, np.cos(np.deg2rad(zenith)), rtol=1e-12)
     _, azimuth = terrain.solar_position(time, lat, lon)
     facing = np.deg2rad(azimuth - 180.0)  # angle between the sun and due south
@@ -400,7 +405,9 @@ def test_illumination_of_sun_facing_and_shaded_slopes():
     expected_south = np.cos(np.deg2rad(zenith)) * np.cos(slope_south) + np.sin(np.deg2rad(zenith)) * np.sin(
         slope_south
     ) * np.cos(facing)
-    np.testing.assert_allclose(terrain.solar_illumination(south, time).values, expected_south, rtol=1e-12)
+    np.testing.assert_allclose(
+        terrain.solar_illumination(south, time, dtype=np.float64).values, expected_south, rtol=1e-12
+    )
     assert expected_south > 1.5 * lit_flat.max()
     assert np.all(terrain.solar_illumination(north, time).values == 0)
     with pytest.warns(UserWarning, match="below the horizon"):
@@ -432,6 +439,44 @@ def test_dem_features_default_set_and_attributes(rough_dem):
     subset = terrain.dem_features(rough_dem, features=["slope", "aspect"])
     assert list(subset.data_vars) == ["slope", "aspect"]
     np.testing.assert_array_equal(subset["slope"].values, features["slope"].values)
+
+
+def test_features_are_float32_by_default_and_float64_on_request(rough_dem):
+    every = [
+        "elevation",
+        "slope",
+        "northness",
+        "eastness",
+        "profile_curvature",
+        "plan_curvature",
+        "tpi",
+        "roughness",
+        "twi",
+        "aspect",
+        "solar",
+    ]
+    time = "2024-06-21T10:00"
+    single = terrain.dem_features(rough_dem, features=every, solar_time=time)
+    double = terrain.dem_features(rough_dem, features=every, solar_time=time, dtype=np.float64)
+    assert single["elevation"].dtype == np.float64  # the DEM's own array
+    assert np.shares_memory(single["elevation"].values, rough_dem.values)
+    for name in list(single.data_vars)[1:]:
+        assert single[name].dtype == np.float32, name
+        assert double[name].dtype == np.float64, name
+        expected = double[name].values.astype(np.float32)
+        if name in ("aspect", "solar_illumination", "twi"):  # from the float32 slope and its components
+            np.testing.assert_allclose(single[name].values, expected, rtol=1e-6, atol=1e-5, err_msg=name)
+        else:  # computed in float64, then rounded once
+            np.testing.assert_array_equal(single[name].values, expected, err_msg=name)
+
+
+def test_feature_dtype_must_be_a_float():
+    with pytest.raises(
+        ValueError,
+        match=r"dtype must be float32 or float64 \(the dtype of the terrain "
+        r"features\), got 'int16'; pass dtype=np.float64",
+    ):
+        terrain.dem_features(plane(0.1, 0.0), dtype="int16")
 
 
 def test_unknown_feature_and_solar_without_time():

@@ -35,14 +35,15 @@ def second(before, centre, after, h):
 
 
 @parallel_kernel
-def terrain(z, step_north, step_east, horn):
+def terrain(z, step_north, step_east, horn, dtype):
+    """Slope (tangent and degrees), northness, eastness and both curvatures, computed in float64, stored as ``dtype``."""
     ny, nx = z.shape
-    tan_slope = np.empty((ny, nx))
-    north = np.empty((ny, nx))
-    east = np.empty((ny, nx))
-    profile = np.empty((ny, nx))
-    plan = np.empty((ny, nx))
-    slope = np.empty((ny, nx))
+    tan_slope = np.empty((ny, nx), dtype)
+    north = np.empty((ny, nx), dtype)
+    east = np.empty((ny, nx), dtype)
+    profile = np.empty((ny, nx), dtype)
+    plan = np.empty((ny, nx), dtype)
+    slope = np.empty((ny, nx), dtype)
     for i in numba.prange(ny):
         for j in range(nx):
             zc = z[i, j]
@@ -182,9 +183,9 @@ def _store(tan_slope, north, east, profile, plan, slope, i, j, gx, gy, p, q, r, 
 
 
 @parallel_kernel
-def roughness(z):
+def roughness(z, dtype):
     ny, nx = z.shape
-    out = np.empty((ny, nx))
+    out = np.empty((ny, nx), dtype)
     for i in numba.prange(ny):
         for j in range(nx):
             centre = z[i, j]
@@ -261,11 +262,11 @@ def integral(z, offset, with_count):
 
 
 @parallel_kernel
-def position(z, offset, total, count, half_rows, half_cols):
+def position(z, offset, total, count, half_rows, half_cols, dtype):
     """Elevation minus the window mean; ``count`` of shape (1, 1) means the grid has no gaps."""
     ny, nx = z.shape
     gaps = count.shape[0] > 1
-    out = np.empty((ny, nx))
+    out = np.empty((ny, nx), dtype)
     for i in numba.prange(ny):
         top = max(i - half_rows, 0)
         bottom = min(i + half_rows + 1, ny)
@@ -462,69 +463,93 @@ def _members_by_basin(label, n_basins):
     return start, members
 
 
-@numba.njit(cache=True, nogil=True)
 def _basin_graph(z, label, n_basins, start, members):
     """Neighbouring basins of every basin and the lowest pass to each.
 
-    For basin b, edges ``g_start[b]:g_start[b + 1]`` give the neighbour basin, the spill height
-    (the higher of the two cells at the pass), the cell on b's side and the cell on the other side.
-    Basins are visited in number order, which sweeps the grid down its rows.
+    For basin b, edges ``g_first[b]:g_stop[b]`` give the neighbour basin, the spill height (the
+    higher of the two cells at the pass), the cell on b's side and the cell on the other side.
+    The basins are split into chunks of about equal numbers of cells (at most ``MAX_GRAPH_CHUNKS``,
+    one per numba thread), built in parallel, each in its own part of the edge arrays. A chunk
+    gets room for ``8 x`` its basins' count of edges (6 is typical); in the rare case that one
+    needs more, the graph is built again with twice the room.
     """
+    n_chunks = max(1, min(numba.get_num_threads(), MAX_GRAPH_CHUNKS, n_basins))
+    room = 8
+    while True:
+        complete, *graph = _basin_graph_chunks(z, label, n_basins, start, members, n_chunks, room)
+        if complete:
+            return graph
+        room *= 2
+
+
+#: Most chunks the basin graph is split into (each needs two arrays of one integer per basin).
+MAX_GRAPH_CHUNKS = 8
+
+
+@parallel_kernel
+def _basin_graph_chunks(z, label, n_basins, start, members, n_chunks, room):
+    """:func:`_basin_graph` with ``room`` edges per basin of a chunk; first returns whether they sufficed."""
     ny, nx = z.shape
     zf = z.ravel()
-    seen_by = np.full(n_basins, -1, np.int32)  # the basin whose edges currently list this basin
-    slot = np.empty(n_basins, np.int64)
-    capacity = 8 * n_basins + 16
-    g_start = np.empty(n_basins + 1, np.int64)
+    # Chunk k holds basins first[k]:first[k + 1], about equal numbers of cells.
+    first = np.empty(n_chunks + 1, np.int64)
+    for k in range(n_chunks + 1):
+        first[k] = np.searchsorted(start[: n_basins + 1], start[n_basins] * k // n_chunks)
+    first[0] = 0
+    first[n_chunks] = n_basins
+    capacity = room * n_basins + 16 * n_chunks
+    g_first = np.empty(n_basins, np.int64)
+    g_stop = np.empty(n_basins, np.int64)
     g_basin = np.empty(capacity, np.int32)
     g_spill = np.empty(capacity)
     g_inside = np.empty(capacity, np.int32)
     g_outside = np.empty(capacity, np.int32)
-    e = 0
-    for b in range(n_basins):
-        g_start[b] = e
-        for m in range(start[b], start[b + 1]):
-            c = members[m]
-            i = c // nx
-            j = c - i * nx
-            zc = zf[c]
-            for k in range(8):
-                ii = i + D8_ROWS[k]
-                jj = j + D8_COLS[k]
-                if ii < 0 or jj < 0 or ii >= ny or jj >= nx:
-                    continue
-                o = ii * nx + jj
-                other = label[o]
-                if other < 0 or other == b:
-                    continue
-                spill = max(zc, zf[o])
-                if seen_by[other] != b:
-                    seen_by[other] = b
-                    if e == g_basin.size:
-                        g_basin = _grown(g_basin, e)
-                        g_spill = _grown(g_spill, e)
-                        g_inside = _grown(g_inside, e)
-                        g_outside = _grown(g_outside, e)
-                    slot[other] = e
-                    g_basin[e] = other
-                    g_spill[e] = spill
-                    g_inside[e] = c
-                    g_outside[e] = o
-                    e += 1
-                elif spill < g_spill[slot[other]]:
-                    q = slot[other]
-                    g_spill[q] = spill
-                    g_inside[q] = c
-                    g_outside[q] = o
-    g_start[n_basins] = e
-    return g_start, g_basin[:e], g_spill[:e], g_inside[:e], g_outside[:e]
-
-
-@numba.njit(cache=True)
-def _grown(values, size):
-    bigger = np.empty(2 * values.size, values.dtype)
-    bigger[:size] = values[:size]
-    return bigger
+    seen_by = np.full((n_chunks, n_basins), -1, np.int32)  # the basin whose edges currently list this one
+    slot = np.empty((n_chunks, n_basins), np.int32)  # where, counted from that basin's first edge
+    overflow = np.zeros(n_chunks, np.bool_)
+    for k in numba.prange(n_chunks):
+        e = room * first[k] + 16 * k
+        end = room * first[k + 1] + 16 * (k + 1)
+        for b in range(first[k], first[k + 1]):
+            g_first[b] = e
+            for m in range(start[b], start[b + 1]):
+                c = members[m]
+                i = c // nx
+                j = c - i * nx
+                zc = zf[c]
+                for d in range(8):
+                    ii = i + D8_ROWS[d]
+                    jj = j + D8_COLS[d]
+                    if ii < 0 or jj < 0 or ii >= ny or jj >= nx:
+                        continue
+                    o = ii * nx + jj
+                    other = label[o]
+                    if other < 0 or other == b:
+                        continue
+                    spill = max(zc, zf[o])
+                    if seen_by[k, other] != b:
+                        if e == end:
+                            overflow[k] = True
+                            break
+                        seen_by[k, other] = b
+                        slot[k, other] = e - g_first[b]
+                        g_basin[e] = other
+                        g_spill[e] = spill
+                        g_inside[e] = c
+                        g_outside[e] = o
+                        e += 1
+                    else:
+                        q = g_first[b] + slot[k, other]
+                        if spill < g_spill[q]:
+                            g_spill[q] = spill
+                            g_inside[q] = c
+                            g_outside[q] = o
+                if overflow[k]:
+                    break
+            g_stop[b] = e
+            if overflow[k]:
+                break
+    return not overflow.any(), g_first, g_stop, g_basin, g_spill, g_inside, g_outside
 
 
 @numba.njit(cache=True, inline="always")
@@ -571,15 +596,18 @@ def _heap_pop(keys, items, size):
 
 
 @numba.njit(cache=True, nogil=True)
-def _drain_basins(receiver, n_basins, n_outlets, g_start, g_basin, g_spill, g_inside, g_outside):
+def _drain_basins(receiver, n_basins, n_outlets, g_first, g_stop, g_basin, g_spill, g_inside, g_outside):
     """Join every pit's basin to the drained ones through its lowest pass and breach the pit."""
     drained = np.zeros(n_basins, np.bool_)
     drained[:n_outlets] = True
-    keys = np.empty(max(g_basin.size, 1))
+    n_edges = 0
+    for b in range(n_basins):
+        n_edges += g_stop[b] - g_first[b]
+    keys = np.empty(max(n_edges, 1))
     edges = np.empty(keys.size, np.int64)  # every edge is pushed at most once
     size = 0
     for b in range(n_outlets):
-        for q in range(g_start[b], g_start[b + 1]):
+        for q in range(g_first[b], g_stop[b]):
             if not drained[g_basin[q]]:
                 size = _heap_push(keys, edges, size, g_spill[q], q)
     while size > 0:
@@ -598,7 +626,7 @@ def _drain_basins(receiver, n_basins, n_outlets, g_start, g_basin, g_spill, g_in
                 break
             downstream = x
             x = after
-        for r in range(g_start[b], g_start[b + 1]):
+        for r in range(g_first[b], g_stop[b]):
             if not drained[g_basin[r]]:
                 size = _heap_push(keys, edges, size, g_spill[r], r)
 
@@ -640,12 +668,12 @@ def accumulate_rows(row_weight, receiver, z):
 
 
 @parallel_kernel
-def wetness(area, row_width, tan_slope, min_tan_slope):
-    """``ln(area / width / max(tan_slope, min_tan_slope))`` written over ``area`` (flat), NaN stays NaN."""
+def wetness(area, row_width, tan_slope, min_tan_slope, dtype):
+    """``ln(area / width / max(tan_slope, min_tan_slope))`` of the flat ``area``, as ``dtype``; NaN stays NaN."""
     ny, nx = tan_slope.shape
+    out = np.empty((ny, nx), dtype)
     for i in numba.prange(ny):
         width = row_width[i]
         for j in range(nx):
-            c = i * nx + j
-            area[c] = np.log(area[c] / width / max(tan_slope[i, j], min_tan_slope))
-    return area.reshape((ny, nx))
+            out[i, j] = np.log(area[i * nx + j] / width / max(np.float64(tan_slope[i, j]), min_tan_slope))
+    return out

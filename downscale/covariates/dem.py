@@ -74,6 +74,11 @@ USE_NUMBA = True
 #: Smallest tan(slope) used by the wetness index, so flat cells get a large but finite value.
 MIN_TAN_SLOPE = 1e-3
 
+#: dtype of the terrain features unless one asks for another (``dtype=np.float64``). They are computed
+#: in float64 and stored in float32, as GDAL's gdaldem and xarray-spatial store them: seven significant
+#: digits, far finer than the accuracy of any DEM, in half the memory of float64.
+FEATURE_DTYPE = np.float32
+
 _METRE_UNITS = {"m", "metre", "meter", "metres", "meters", "m asl", "m a.s.l.", "m above sea level"}
 _DEGREE_UNITS = {"degrees", "degree", "deg", "degrees_east", "degrees_north", "degree_east", "degree_north"}
 
@@ -256,9 +261,10 @@ def _local_kernels():
 class _Derivatives:
     """Lazily computed partial derivatives of a DEM in metres (east = x, north = y)."""
 
-    def __init__(self, dem, method="horn"):
+    def __init__(self, dem, method="horn", dtype=FEATURE_DTYPE):
         if method not in ("horn", "central"):
             raise ValueError(f"method must be 'horn' or 'central', got {method!r}.")
+        self.dtype = _feature_dtype(dtype)
         self.dem = dem
         self.z = np.asarray(dem.values, dtype=np.float64)
         self.method = method
@@ -323,10 +329,16 @@ class _Derivatives:
             if kernels is not None:
                 step_east = np.ascontiguousarray(np.broadcast_to(self.step_east, (self.z.shape[0], 1))[:, 0])
                 self._cache["terrain"] = kernels["terrain"](
-                    np.ascontiguousarray(self.z), float(self.step_north), step_east, self.method == "horn"
+                    np.ascontiguousarray(self.z),
+                    float(self.step_north),
+                    step_east,
+                    self.method == "horn",
+                    self.dtype,
                 )
             else:
-                self._cache["terrain"] = self._terrain_numpy()
+                self._cache["terrain"] = tuple(
+                    a.astype(self.dtype, copy=False) for a in self._terrain_numpy()
+                )
         return self._cache["terrain"]
 
     def _terrain_numpy(self):
@@ -354,8 +366,24 @@ class _Derivatives:
         return self.terrain()[0]
 
 
-def _wrap(values, dem, name, long_name, units, **attrs):
-    """Put a feature array on the DEM's grid with CF attributes and the DEM's CRS."""
+def _feature_dtype(dtype):
+    """The numpy scalar type of a feature ``dtype``: float32 or float64, else a clear error."""
+    try:
+        kind = np.dtype(dtype)
+    except TypeError:
+        kind = None
+    if kind not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(
+            f"dtype must be float32 or float64 (the dtype of the terrain features), got {dtype!r}; "
+            f"pass dtype=np.float64 for full precision or leave the float32 default."
+        )
+    return kind.type
+
+
+def _wrap(values, dem, name, long_name, units, dtype=None, **attrs):
+    """Put a feature array on the DEM's grid with CF attributes and the DEM's CRS, as ``dtype`` if given."""
+    if dtype is not None:
+        values = np.asarray(values).astype(dtype, copy=False)
     out = xr.DataArray(
         values,
         dims=("y", "x"),
@@ -372,16 +400,16 @@ def _wrap(values, dem, name, long_name, units, **attrs):
     return grid_module.set_crs(out, crs) if crs is not None else out
 
 
-def _as_derivatives(dem, method="horn"):
+def _as_derivatives(dem, method="horn", dtype=FEATURE_DTYPE):
     if isinstance(dem, _Derivatives):
         return dem
-    return _Derivatives(check_dem(dem), method=method)
+    return _Derivatives(check_dem(dem), method=method, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- slope, aspect, curvature
 
 
-def slope(dem, method: str = "horn") -> xr.DataArray:
+def slope(dem, method: str = "horn", dtype=FEATURE_DTYPE) -> xr.DataArray:
     """Slope angle in degrees (0 flat, 90 vertical).
 
     Parameters
@@ -391,6 +419,8 @@ def slope(dem, method: str = "horn") -> xr.DataArray:
     method : {"horn", "central"}
         ``"horn"``: Horn's (1981) 3 x 3 weights, as in GDAL, ArcGIS and xarray-spatial;
         ``"central"``: plain central differences (``numpy.gradient``).
+    dtype : float32 or float64
+        dtype of the result (computed in float64 either way; see :data:`FEATURE_DTYPE`).
 
     Examples
     --------
@@ -401,7 +431,7 @@ def slope(dem, method: str = "horn") -> xr.DataArray:
     >>> float(np.round(slope(ds.grid.set_crs(plane, "EPSG:32632"))[2, 2], 4))   # atan(0.1)
     5.7106
     """
-    d = _as_derivatives(dem, method)
+    d = _as_derivatives(dem, method, dtype)
     values = d.terrain()[5]
     return _wrap(values, d.dem, "slope", "slope angle", "degree", method=method)
 
@@ -410,7 +440,7 @@ def _aspect_components(d):
     return d.terrain()[1], d.terrain()[2]
 
 
-def northness(dem, method: str = "horn") -> xr.DataArray:
+def northness(dem, method: str = "horn", dtype=FEATURE_DTYPE) -> xr.DataArray:
     """Cosine of the aspect: 1 on slopes facing north, -1 facing south, 0 facing east/west or flat.
 
     Examples
@@ -422,7 +452,7 @@ def northness(dem, method: str = "horn") -> xr.DataArray:
     >>> float(northness(ds.grid.set_crs(z, "EPSG:32632"))[1, 1])   # z falls northward: faces north
     1.0
     """
-    d = _as_derivatives(dem, method)
+    d = _as_derivatives(dem, method, dtype)
     return _wrap(
         _aspect_components(d)[0],
         d.dem,
@@ -432,21 +462,21 @@ def northness(dem, method: str = "horn") -> xr.DataArray:
     )
 
 
-def eastness(dem, method: str = "horn") -> xr.DataArray:
+def eastness(dem, method: str = "horn", dtype=FEATURE_DTYPE) -> xr.DataArray:
     """Sine of the aspect: 1 on slopes facing east, -1 facing west, 0 facing north/south or flat."""
-    d = _as_derivatives(dem, method)
+    d = _as_derivatives(dem, method, dtype)
     return _wrap(
         _aspect_components(d)[1], d.dem, "eastness", "eastness: sine of the aspect (1 = facing east)", "1"
     )
 
 
-def aspect(dem, method: str = "horn") -> xr.DataArray:
+def aspect(dem, method: str = "horn", dtype=FEATURE_DTYPE) -> xr.DataArray:
     """Aspect: compass direction the slope faces (downslope), degrees clockwise from north in [0, 360).
 
     Flat cells are NaN. As a covariate prefer :func:`northness` and :func:`eastness`,
     which are continuous (aspect jumps from 359 to 0 at north).
     """
-    d = _as_derivatives(dem, method)
+    d = _as_derivatives(dem, method, dtype)
     north, east = _aspect_components(d)
     flat = ~(d.tan_slope > 1e-12)
     with np.errstate(invalid="ignore"):
@@ -455,7 +485,7 @@ def aspect(dem, method: str = "horn") -> xr.DataArray:
     return _wrap(values, d.dem, "aspect", "aspect: downslope direction clockwise from north", "degree")
 
 
-def curvature(dem) -> tuple[xr.DataArray, xr.DataArray]:
+def curvature(dem, dtype=FEATURE_DTYPE) -> tuple[xr.DataArray, xr.DataArray]:
     """Profile and plan curvature (1/m), from Evans/Zevenbergen-Thorne second derivatives.
 
     With ``p, q`` the first and ``r, s, t`` the second partial derivatives of
@@ -484,7 +514,7 @@ def curvature(dem) -> tuple[xr.DataArray, xr.DataArray]:
     >>> float(plan[10, 15])   # contour circle of radius 50 m, concave: -1 / 50
     -0.02
     """
-    d = _as_derivatives(dem)
+    d = _as_derivatives(dem, dtype=dtype)
     _, _, _, profile, plan, _ = d.terrain()
     return (
         _wrap(profile, d.dem, "profile_curvature", "profile curvature (along the slope; > 0 convex)", "m-1"),
@@ -557,7 +587,7 @@ def _summed_area(z, kernels):
     return (offset, *kernels["integral"](z, offset, bool(np.isnan(z).any())))
 
 
-def tpi(dem, radius: float, _tables=None) -> xr.DataArray:
+def tpi(dem, radius: float, dtype=FEATURE_DTYPE, _tables=None) -> xr.DataArray:
     """Topographic position index: elevation minus the mean elevation within ``radius`` metres (m).
 
     The neighbourhood is a square window of half-width ``radius`` (the cell
@@ -586,7 +616,7 @@ def tpi(dem, radius: float, _tables=None) -> xr.DataArray:
     if kernels is not None:
         # Summed-area tables: every radius costs the same; dem_features shares them between radii.
         offset, total, count = _tables if _tables is not None else _summed_area(z, kernels)
-        values = kernels["position"](z, offset, total, count, half_rows, half_cols)
+        values = kernels["position"](z, offset, total, count, half_rows, half_cols, _feature_dtype(dtype))
     else:
         values = z - _box_mean(z, half_rows, half_cols)
     return _wrap(
@@ -595,11 +625,12 @@ def tpi(dem, radius: float, _tables=None) -> xr.DataArray:
         f"tpi_{_radius_label(radius)}",
         f"topographic position index, radius {radius:g} m",
         "m",
+        dtype=_feature_dtype(dtype),
         radius=radius,
     )
 
 
-def roughness(dem) -> xr.DataArray:
+def roughness(dem, dtype=FEATURE_DTYPE) -> xr.DataArray:
     """Terrain roughness: standard deviation of elevation in the 3 x 3 neighbourhood (m), NaN-aware.
 
     Examples
@@ -615,7 +646,7 @@ def roughness(dem) -> xr.DataArray:
     z = np.ascontiguousarray(dem.values)
     kernels = _local_kernels() if USE_NUMBA else None
     if kernels is not None:
-        values = kernels["roughness"](z)
+        values = kernels["roughness"](z, _feature_dtype(dtype))
         return _wrap(
             values, dem, "roughness", "terrain roughness: standard deviation of elevation in 3 x 3 cells", "m"
         )
@@ -626,7 +657,12 @@ def roughness(dem) -> xr.DataArray:
     mean_square = _box_mean(centred * centred, 1, 1)
     values = np.sqrt(np.maximum(mean_square - mean * mean, 0.0))
     return _wrap(
-        values, dem, "roughness", "terrain roughness: standard deviation of elevation in 3 x 3 cells", "m"
+        values,
+        dem,
+        "roughness",
+        "terrain roughness: standard deviation of elevation in 3 x 3 cells",
+        "m",
+        dtype=_feature_dtype(dtype),
     )
 
 
@@ -697,7 +733,7 @@ def flow_accumulation(dem) -> xr.DataArray:
     return _wrap(total, dem, "flow_accumulation", "upslope contributing area (D8)", "m2")
 
 
-def twi(dem, method: str = "horn", _area=None) -> xr.DataArray:
+def twi(dem, method: str = "horn", dtype=FEATURE_DTYPE, _area=None) -> xr.DataArray:
     """Topographic wetness index ``ln(a / tan(slope))`` (Beven and Kirkby 1979).
 
     ``a`` is the specific catchment area: the upslope contributing area
@@ -705,14 +741,16 @@ def twi(dem, method: str = "horn", _area=None) -> xr.DataArray:
     width. ``tan(slope)`` is floored at 0.001 so that flat cells get a large,
     finite value. High in valley floors and hollows, low on ridges.
     """
-    d = _as_derivatives(dem, method)
+    d = _as_derivatives(dem, method, dtype)
     _flow_kernels()  # says how to install numba when it is missing
     from . import _kernels
 
     row_area = _row_cell_area(d.dem)
     # dem_features passes the contributing area, computed in a thread next to the other features.
     area = _area if _area is not None else _contributing_area(d)
-    values = _kernels.wetness(area, np.sqrt(row_area), np.ascontiguousarray(d.tan_slope), MIN_TAN_SLOPE)
+    values = _kernels.wetness(
+        area, np.sqrt(row_area), np.ascontiguousarray(d.tan_slope), MIN_TAN_SLOPE, d.dtype
+    )
     return _wrap(values, d.dem, "twi", "topographic wetness index ln(a / tan(slope)), a in m", "1")
 
 
@@ -788,7 +826,7 @@ def _grid_centre_lonlat(dem):
     return float(lon), float(lat)
 
 
-def solar_illumination(dem, time, method: str = "horn") -> xr.DataArray:
+def solar_illumination(dem, time, method: str = "horn", dtype=FEATURE_DTYPE) -> xr.DataArray:
     """Illumination proxy: cosine of the sun's incidence angle on the terrain at a UTC time, floored at 0.
 
     ``cos(i) = cos(Z) cos(S) + sin(Z) sin(S) cos(A_sun - A)`` with ``Z`` the
@@ -808,7 +846,7 @@ def solar_illumination(dem, time, method: str = "horn") -> xr.DataArray:
     >>> bool(lit.values.min() > 0.99)   # flat ground near the equator at the equinox noon
     True
     """
-    d = _as_derivatives(dem, method)
+    d = _as_derivatives(dem, method, dtype)
     lon, lat = _grid_centre_lonlat(d.dem)
     zenith, sun_azimuth = solar_position(time, lat, lon)
     zenith_r, azimuth_r = np.deg2rad(float(zenith)), np.deg2rad(float(sun_azimuth))
@@ -833,6 +871,7 @@ def solar_illumination(dem, time, method: str = "horn") -> xr.DataArray:
         "solar_illumination",
         f"cosine of the solar incidence angle at {np.datetime64(time, 's')} UTC (0 = shaded)",
         "1",
+        dtype=d.dtype,
         solar_zenith=float(zenith),
         solar_azimuth=float(sun_azimuth),
     )
@@ -847,6 +886,7 @@ def dem_features(
     tpi_radii=DEFAULT_TPI_RADII,
     solar_time=None,
     method: str = "horn",
+    dtype=FEATURE_DTYPE,
 ) -> xr.Dataset:
     """All terrain features of ``dem`` as one Dataset on the DEM's grid.
 
@@ -864,6 +904,9 @@ def dem_features(
         UTC time of the illumination proxy (see :func:`solar_illumination`).
     method : {"horn", "central"}
         Gradient used for slope, aspect and illumination.
+    dtype : float32 or float64
+        dtype of the derived features, computed in float64 either way (:data:`FEATURE_DTYPE`, float32
+        by default, as gdaldem and xarray-spatial store them). ``elevation`` is the DEM's own array.
 
     Examples
     --------
@@ -883,7 +926,7 @@ def dem_features(
         raise ValueError(f"Unknown DEM feature(s) {unknown}; choose from {list(DEM_FEATURES)}.")
     if "solar" in features and solar_time is None:
         raise ValueError("The 'solar' feature needs a time: pass solar_time='2024-06-21T10:30' (UTC).")
-    d = _Derivatives(dem, method=method)
+    d = _Derivatives(dem, method=method, dtype=dtype)
     if "twi" not in features:
         out = _all_features(dem, d, features, tpi_radii, solar_time)
     else:
@@ -969,10 +1012,10 @@ def _all_features(dem, d, features, tpi_radii, solar_time, before_each=lambda: N
             tables = _summed_area(z, kernels) if kernels is not None else None
             for radius in tpi_radii:
                 before_each()
-                da = tpi(dem.copy(data=z), radius, _tables=tables)
+                da = tpi(dem.copy(data=z), radius, dtype=d.dtype, _tables=tables)
                 out[da.name] = da
         elif feature == "roughness":
-            out["roughness"] = roughness(dem)
+            out["roughness"] = roughness(dem, dtype=d.dtype)
         elif feature == "twi":
             out["twi"] = twi(d)
         elif feature == "solar":
