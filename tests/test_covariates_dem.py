@@ -585,3 +585,34 @@ def test_routing_refuses_more_cells_than_its_indices_hold(monkeypatch):
     monkeypatch.setattr(_kernels, "MAX_ROUTING_CELLS", 99)
     with pytest.raises(ValueError, match=r"at most 99 cells; this DEM has 10 x 10 = 100\. Coarsen the DEM"):
         terrain.flow_accumulation(plane(0.1, 0.0, shape=(10, 10)))
+
+
+def test_routing_is_the_same_in_one_chunk_or_many_and_when_the_graph_needs_more_room(monkeypatch, rough_dem):
+    """The basin graph is built in chunks (one per thread) and rebuilt with more room when a chunk's fills."""
+    import numba
+
+    from downscale.covariates import _kernels
+
+    z = rough_dem.values.copy()
+    z[40:50, 60:75] = np.nan  # a lake: cells next to it drain out
+    steps = np.full(z.shape[0], 250.0)
+    expected = _kernels.route(z, steps, 250.0)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_chunk = _kernels.route(z, steps, 250.0)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(one_chunk, expected)
+    monkeypatch.setattr(_kernels, "MAX_GRAPH_CHUNKS", 3)
+    calls = []
+    chunks = _kernels._basin_graph_chunks
+
+    def counted(*args):
+        calls.append(args[-1])
+        return chunks(*args)
+
+    monkeypatch.setattr(_kernels, "_basin_graph_chunks", counted)
+    monkeypatch.setattr(_kernels, "GRAPH_ROOM", 1)  # less than the 6 edges a basin typically has
+    np.testing.assert_array_equal(_kernels.route(z, steps, 250.0), expected)
+    assert calls[0] == 1 and len(calls) > 1 and calls[-1] == 2 ** (len(calls) - 1)

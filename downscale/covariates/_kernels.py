@@ -470,11 +470,11 @@ def _basin_graph(z, label, n_basins, start, members):
     higher of the two cells at the pass), the cell on b's side and the cell on the other side.
     The basins are split into chunks of about equal numbers of cells (at most ``MAX_GRAPH_CHUNKS``,
     one per numba thread), built in parallel, each in its own part of the edge arrays. A chunk
-    gets room for ``8 x`` its basins' count of edges (6 is typical); in the rare case that one
+    gets room for ``GRAPH_ROOM`` (8) edges per basin (6 is typical); in the rare case that one
     needs more, the graph is built again with twice the room.
     """
     n_chunks = max(1, min(numba.get_num_threads(), MAX_GRAPH_CHUNKS, n_basins))
-    room = 8
+    room = GRAPH_ROOM
     while True:
         complete, *graph = _basin_graph_chunks(z, label, n_basins, start, members, n_chunks, room)
         if complete:
@@ -484,6 +484,9 @@ def _basin_graph(z, label, n_basins, start, members):
 
 #: Most chunks the basin graph is split into (each needs two arrays of one integer per basin).
 MAX_GRAPH_CHUNKS = 8
+
+#: Edges a chunk of the basin graph first makes room for, per basin (doubled until they fit).
+GRAPH_ROOM = 8
 
 
 @parallel_kernel
