@@ -404,10 +404,12 @@ class Downscaler(BaseEstimator):
                 )
         arrays = []
         for name in self.feature_names_ if names is None else names:
-            values = np.asarray(X[name].transpose(..., "y", "x").values, dtype=np.float64)
+            values = X[name].transpose(..., "y", "x").values  # float32 terrain features stay so until stacked
             arrays.append(values if values.ndim == 3 else values[None])
-        n_lead = max(a.shape[0] for a in arrays)
-        return np.stack([np.broadcast_to(a, (n_lead, *a.shape[1:])) for a in arrays], axis=1)
+        stack = np.empty((max(a.shape[0] for a in arrays), len(arrays), *arrays[0].shape[1:]), np.float64)
+        for k, values in enumerate(arrays):
+            stack[:, k] = values  # one pass: cast to float64 and broadcast over time
+        return stack
 
     def _trend_features(self, X, nt, fine_mask):
         """The covariates the trend uses, ``(nt or 1, n_used, ny, nx)``, NaN outside ``fine_mask``."""
@@ -423,9 +425,9 @@ class Downscaler(BaseEstimator):
         """
         parts = [nt, X.sizes["y"], X.sizes["x"]]
         for index in self._used_index():
-            values = np.ascontiguousarray(X[self.feature_names_[index]].transpose(..., "y", "x").values, np.float64)
-            parts.append((values.shape, _hash_values(values)))
-        parts.append(None if fine_mask is None else _hash_values(np.asarray(fine_mask, dtype=np.float64)))
+            values = np.ascontiguousarray(X[self.feature_names_[index]].transpose(..., "y", "x").values)
+            parts.append((values.shape, values.dtype.str, _hash_values(values)))
+        parts.append(None if fine_mask is None else _hash_values(np.ascontiguousarray(fine_mask, dtype=bool)))
         return tuple(parts)
 
     def _used_index(self):
@@ -1178,11 +1180,13 @@ def _kriging_weights(coords, train, test, variogram, n_neighbours):
 
 
 def _hash_values(values):
-    """A hash of every bit of a contiguous float64 array (compiled when numba is there)."""
+    """A hash of every bit of a contiguous array of any dtype (compiled when numba is there)."""
     kernel = grid_module._compiled_kernel("fingerprint")
+    raw = values.reshape(-1).view(np.uint8)
     if kernel is None:
-        return hash(values.tobytes())
-    return int(kernel(values.reshape(-1).view(np.uint64)))
+        return hash(raw.tobytes())
+    whole = raw.size // 8 * 8  # the bytes that make whole 64-bit words, then the rest (at most 7)
+    return hash((int(kernel(raw[:whole].view(np.uint64))), raw[whole:].tobytes()))
 
 
 def _nanstd_rows(values):

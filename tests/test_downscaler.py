@@ -31,7 +31,9 @@ def _coherence_error(fine, coarse, factor=FACTOR):
 
 
 def _field(values, grid, name="target", attrs=None):
-    da = xr.DataArray(values, dims=("y", "x"), coords={"y": grid.y, "x": grid.x}, name=name, attrs=attrs or {})
+    da = xr.DataArray(
+        values, dims=("y", "x"), coords={"y": grid.y, "x": grid.x}, name=name, attrs=attrs or {}
+    )
     return ds.grid.set_crs(da, "EPSG:32632")
 
 
@@ -102,7 +104,9 @@ def test_bounds_and_transform_from_attributes_or_parameters(scenes):
     scene, X = scenes["soil_moisture"]
     model = Downscaler(calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
     assert model.bounds_ == (0.0, 0.45) and model.transform_.name == "logit"
-    model = Downscaler(bounds=(None, None), transform="none", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    model = Downscaler(bounds=(None, None), transform="none", calibrate_std=False).fit(
+        scene.coarse, X, mask=scene.mask
+    )
     assert model.bounds_ == (None, None) and model.transform_.name == "none"
 
 
@@ -140,7 +144,9 @@ def test_time_varying_covariate_must_match_times():
     scene = ds.datasets.synthetic_scene("lst", seed=2, n_times=2, shape=(100, 100), factor=FACTOR)
     X = ds.covariates.build(dem=scene.dem, features=["elevation"])
     X["anomaly"] = scene.truth - scene.truth.mean(("y", "x"))
-    model = Downscaler(trend="linear", temporal="pooled", calibrate_std=False).fit(scene.coarse, X.fillna(0.0))
+    model = Downscaler(trend="linear", temporal="pooled", calibrate_std=False).fit(
+        scene.coarse, X.fillna(0.0)
+    )
     assert model.predict(X.fillna(0.0)).sizes["time"] == 2
     with pytest.raises(ValueError, match="has 1 time steps but the coarse field has 2"):
         Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X.fillna(0.0).isel(time=[0]))
@@ -148,12 +154,17 @@ def test_time_varying_covariate_must_match_times():
 
 def test_residual_none_is_the_trend_alone(scenes):
     scene, X = scenes["lst"]
-    trend_only = Downscaler(trend="linear", residual="none", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    trend_only = Downscaler(trend="linear", residual="none", calibrate_std=False).fit(
+        scene.coarse, X, mask=scene.mask
+    )
     full = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
     assert trend_only.atpk_ == []
     assert _coherence_error(trend_only.predict(X), scene.coarse) > 1e-4
     truth = scene.truth
-    rmse = {k: float(np.sqrt(((m.predict(X) - truth) ** 2).mean())) for k, m in [("none", trend_only), ("atpk", full)]}
+    rmse = {
+        k: float(np.sqrt(((m.predict(X) - truth) ** 2).mean()))
+        for k, m in [("none", trend_only), ("atpk", full)]
+    }
     assert rmse["atpk"] < rmse["none"]
 
 
@@ -249,7 +260,9 @@ def test_trend_variance_is_computed_when_a_std_is_first_asked_for(scenes):
     model.predict(X)
     assert model._trend_variance_value is None
     _, std = model.predict(X, return_std=True)
-    expected = Downscaler(trend="rf", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask).trend_variance_
+    expected = (
+        Downscaler(trend="rf", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask).trend_variance_
+    )
     np.testing.assert_array_equal(model.trend_variance_, expected)
     assert model.trend_variance_[0] > 0  # a forest's out-of-fold errors exceed its in-sample residuals
     with pytest.raises(AttributeError, match="trend_variance_ is set by fit"):
@@ -305,6 +318,28 @@ def test_nanstd_rows_is_numpy_nanstd(use_numba, monkeypatch):
     for row in (0, 3):
         valid = values[row][np.isfinite(values[row])]
         np.testing.assert_allclose(got[row], np.sqrt(np.mean((valid - valid.mean()) ** 2)), rtol=1e-12)
+
+
+def test_float32_covariates_give_the_float64_result(scenes):
+    # Terrain features are float32 by default: the Downscaler stacks every covariate in float64.
+    scene, X = scenes["lst"]
+    single = X.astype(np.float32)
+    wide = single.astype(np.float64)
+    a = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, single).predict(single)
+    b = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, wide).predict(wide)
+    np.testing.assert_array_equal(a.values, b.values)
+
+
+def test_the_trend_fingerprint_sees_every_byte_of_any_dtype():
+    from downscale.downscaler import _hash_values
+
+    values = np.arange(7, dtype=np.float32)  # 28 bytes: three whole 64-bit words and a 4-byte tail
+    changed = values.copy()
+    changed[-1] += 1.0
+    assert _hash_values(values) != _hash_values(changed)
+    assert _hash_values(values) == _hash_values(values.copy())
+    mask = np.zeros(9, dtype=bool)
+    assert _hash_values(mask) != _hash_values(np.eye(1, 9, 8, dtype=bool)[0])
 
 
 def test_predict_recomputes_the_trend_when_a_single_covariate_pixel_changes(scenes):
