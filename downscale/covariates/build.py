@@ -85,7 +85,8 @@ def build(
     Parameters
     ----------
     dem : xarray.DataArray, optional
-        Elevation (m) with a CRS; gives the terrain features of :func:`downscale.covariates.dem.dem_features`.
+        Elevation (m) with a CRS; gives the terrain features of :func:`downscale.covariates.dem.dem_features`
+        (float32, computed in float64; ``elevation`` is the DEM's own array).
     ndvi : xarray.DataArray, optional
         NDVI ``(y, x)`` or ``(time, y, x)``, on the fine grid or on another grid with a CRS (then regridded).
         Gives ``ndvi`` (clipped, gaps filled), ``ndvi_gap`` and ``fvc``.
