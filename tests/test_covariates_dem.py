@@ -442,19 +442,7 @@ def test_dem_features_default_set_and_attributes(rough_dem):
 
 
 def test_features_are_float32_by_default_and_float64_on_request(rough_dem):
-    every = [
-        "elevation",
-        "slope",
-        "northness",
-        "eastness",
-        "profile_curvature",
-        "plan_curvature",
-        "tpi",
-        "roughness",
-        "twi",
-        "aspect",
-        "solar",
-    ]
+    every = list(terrain.DEM_FEATURES)  # the default set, aspect and solar
     time = "2024-06-21T10:00"
     single = terrain.dem_features(rough_dem, features=every, solar_time=time)
     double = terrain.dem_features(rough_dem, features=every, solar_time=time, dtype=np.float64)
