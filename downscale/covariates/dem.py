@@ -16,6 +16,11 @@ direction, clockwise from north); both are 0 on flat cells. Curvatures are in
 1/m, positive where the surface is convex (hill tops, ridges: flow
 accelerates or diverges) and negative where it is concave (valley floors:
 flow decelerates or converges).
+
+Every derived feature is computed in float64 and returned as float32
+(:data:`FEATURE_DTYPE`), as gdaldem and xarray-spatial return them; each
+function takes ``dtype=np.float64`` for full precision. The elevation feature
+of :func:`dem_features` is the DEM's own array, in its own dtype.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .. import grid as grid_module
 __all__ = [
     "DEM_FEATURES",
     "DEFAULT_TPI_RADII",
+    "FEATURE_DTYPE",
     "aspect",
     "check_dem",
     "curvature",
