@@ -196,6 +196,23 @@ def test_deconvolution_recovers_known_point_model(block_averaged_field):
         deconvolve_variogram(areal, ev, target="data")
 
 
+def test_white_noise_gets_no_structure_shorter_than_a_cell():
+    """A coarse field without spatial structure (e.g. the residual of a good trend).
+
+    With the nugget fixed at 0, as area-to-point kriging keeps it, the fit used to reach for a
+    range of a tenth of a cell, and the deconvolution turned that into a point sill 100-120 times
+    the field's variance (a point process of 2.5 km range behind 25 km cells: not identifiable
+    from them). The range now stays at least one cell, and the point sill a few times the areal one.
+    """
+    for seed in range(3):
+        field = np.random.default_rng(seed).normal(size=(16, 16))
+        ev = empirical_variogram(field, cell_size=25_000.0)
+        areal = fit_variogram(ev, "exponential")
+        point = deconvolve_variogram(areal, ev, target="empirical")
+        assert areal.range >= 25_000.0 and point.range >= 25_000.0
+        assert point.sill < 5 * field.var(), (seed, point)
+
+
 def test_default_lags_stop_at_max_lag_cells():
     """Half the extent on small grids; MAX_LAG_CELLS on large ones, so the deconvolution's memory is bounded."""
     from downscale.kriging.variogram import MAX_LAG_CELLS

@@ -365,6 +365,11 @@ def fit_variogram(
     partial sill equal to the field variance, range equal to half the largest
     lag, no nugget.
 
+    The (practical) range is at least the cell size: a shorter structure
+    cannot be told apart from a nugget on the grid. With the nugget fixed at 0
+    (as area-to-point kriging keeps it), a field that looks like white noise is
+    fitted with a range of one cell.
+
     Parameters
     ----------
     empirical : EmpiricalVariogram
@@ -405,8 +410,11 @@ def fit_variogram(
             stacklevel=2,
         )
         return replace(_default_model(empirical, model, nu), nugget=fixed_nugget)
+    # No structure shorter than a cell: on this grid it would look like a nugget. Without a floor, a
+    # fit with a fixed nugget (area-to-point kriging keeps it 0) turns a field that looks like white
+    # noise into a tiny range, which deconvolution then turns into a huge point sill.
     step = min(empirical.cell_size)
-    range_bounds = (0.1 * step, 20.0 * lags.max())
+    range_bounds = (step, 20.0 * lags.max())
     best = None
     # Several starting ranges guard against local minima of the range.
     for start in (0.2, 0.5, 1.0):
@@ -680,11 +688,15 @@ def deconvolve_variogram(
         model = replace(best, sill=float(params[0]), range=float(params[1]))
         return np.sqrt(weights / weights.sum()) * (regularised(model) - target) / target
 
+    # The point range stays at least one coarse cell, as in the areal fit (see fit_variogram): a
+    # shorter one is not identifiable from block data and only trades range for sill.
+    low_range = max(1e-3 * best.range, min(empirical.cell_size))
+    high_range = max(100 * best.range, 2 * low_range)
     try:
         result = optimize.least_squares(
             relative,
-            [best.sill, best.range],
-            bounds=([1e-12 * s2, 1e-3 * best.range], [100 * s2, 100 * best.range]),
+            [best.sill, float(np.clip(best.range, low_range, high_range))],
+            bounds=([1e-12 * s2, low_range], [100 * s2, high_range]),
             max_nfev=100,
             x_scale="jac",
         )
