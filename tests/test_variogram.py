@@ -92,6 +92,10 @@ def test_fit_recovers_known_model(model):
     assert_allclose([fitted.sill, fitted.range, fitted.nugget], [2.5, 6000.0, 0.4], rtol=1e-4)
     fixed = fit_variogram(ev, model, nugget=0.4)
     assert_allclose([fixed.sill, fixed.range, fixed.nugget], [2.5, 6000.0, 0.4], rtol=1e-4)
+    # One fit from a nearby model (as the deconvolution's refits start) finds the same answer.
+    near = VariogramModel(model, sill=2.0, range=8000.0, nugget=0.2)
+    started = fit_variogram(ev, model, nugget="fit", initial=near)
+    assert_allclose([started.sill, started.range, started.nugget], [2.5, 6000.0, 0.4], rtol=1e-4)
 
 
 def _exact_empirical(model, lags):
