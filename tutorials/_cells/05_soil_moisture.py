@@ -62,9 +62,9 @@ pd.DataFrame({
 # %% [markdown]
 # The bounded model is the most accurate of the three and, by construction, every pixel lies in
 # [0, 0.45]. The same model without the transform and the bounds is about as accurate on average,
-# but leaves dozens of pixels below 0 or above the porosity: small errors in numbers, impossible
-# values for anyone who uses the map. Bilinear interpolation stays in range (it only averages) but
-# misses the valley-bottom detail.
+# but leaves more than a hundred pixels below 0 or above the porosity: small errors in numbers,
+# impossible values for anyone who uses the map. Bilinear interpolation stays in range (it only
+# averages) but misses the valley-bottom detail.
 #
 # ## Uncertainty maps
 
