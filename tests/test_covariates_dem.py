@@ -575,24 +575,22 @@ def test_routing_refuses_more_cells_than_its_indices_hold(monkeypatch):
         terrain.flow_accumulation(plane(0.1, 0.0, shape=(10, 10)))
 
 
-def test_routing_is_the_same_in_one_chunk_or_many_and_when_the_graph_needs_more_room(monkeypatch, rough_dem):
+def test_basin_graph_is_the_same_in_one_chunk_or_many_and_when_it_needs_more_room(monkeypatch, rough_dem):
     """The basin graph is built in chunks (one per thread) and rebuilt with more room when a chunk's fills."""
-    import numba
-
     from downscale.covariates import _kernels
 
     z = rough_dem.values.copy()
     z[40:50, 60:75] = np.nan  # a lake: cells next to it drain out
     steps = np.full(z.shape[0], 250.0)
-    expected = _kernels.route(z, steps, 250.0)
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one_chunk = _kernels.route(z, steps, 250.0)
-    finally:
-        numba.set_num_threads(threads)
-    np.testing.assert_array_equal(one_chunk, expected)
-    monkeypatch.setattr(_kernels, "MAX_GRAPH_CHUNKS", 3)
+    _, receiver, label, n_basins, _ = _kernels.start_route(z, steps, 250.0)
+    start, members = _kernels._members_by_basin(label, n_basins)
+
+    def edges(graph):
+        g_first, g_stop, *columns = graph
+        return [np.concatenate([c[g_first[b] : g_stop[b]] for b in range(n_basins)]) for c in columns]
+
+    expected = edges(_kernels._basin_graph(z, label, n_basins, start, members, n_chunks=1))
+    assert expected[0].size > 2 * n_basins  # a real graph: every basin has neighbours
     calls = []
     chunks = _kernels._basin_graph_chunks
 
@@ -601,6 +599,14 @@ def test_routing_is_the_same_in_one_chunk_or_many_and_when_the_graph_needs_more_
         return chunks(*args)
 
     monkeypatch.setattr(_kernels, "_basin_graph_chunks", counted)
+    for n_chunks in (2, 3):
+        graph = edges(_kernels._basin_graph(z, label, n_basins, start, members, n_chunks=n_chunks))
+        for ours, theirs in zip(graph, expected, strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+    assert calls == [8, 8]  # GRAPH_ROOM sufficed
+    calls.clear()
     monkeypatch.setattr(_kernels, "GRAPH_ROOM", 1)  # less than the 6 edges a basin typically has
-    np.testing.assert_array_equal(_kernels.route(z, steps, 250.0), expected)
+    graph = edges(_kernels._basin_graph(z, label, n_basins, start, members, n_chunks=3))
+    for ours, theirs in zip(graph, expected, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
     assert calls[0] == 1 and len(calls) > 1 and calls[-1] == 2 ** (len(calls) - 1)

@@ -463,7 +463,7 @@ def _members_by_basin(label, n_basins):
     return start, members
 
 
-def _basin_graph(z, label, n_basins, start, members):
+def _basin_graph(z, label, n_basins, start, members, n_chunks=None):
     """Neighbouring basins of every basin and the lowest pass to each.
 
     For basin b, edges ``g_first[b]:g_stop[b]`` give the neighbour basin, the spill height (the
@@ -471,9 +471,12 @@ def _basin_graph(z, label, n_basins, start, members):
     The basins are split into chunks of about equal numbers of cells (at most ``MAX_GRAPH_CHUNKS``,
     one per numba thread), built in parallel, each in its own part of the edge arrays. A chunk
     gets room for ``GRAPH_ROOM`` (8) edges per basin (6 is typical); in the rare case that one
-    needs more, the graph is built again with twice the room.
+    needs more, the graph is built again with twice the room. ``n_chunks`` (default: one per numba
+    thread) changes how the work is split, not the graph.
     """
-    n_chunks = max(1, min(numba.get_num_threads(), MAX_GRAPH_CHUNKS, n_basins))
+    if n_chunks is None:
+        n_chunks = min(numba.get_num_threads(), MAX_GRAPH_CHUNKS)
+    n_chunks = max(1, min(n_chunks, n_basins))
     room = GRAPH_ROOM
     while True:
         complete, *graph = _basin_graph_chunks(z, label, n_basins, start, members, n_chunks, room)
