@@ -88,6 +88,13 @@ def _parser():
         default=None,
         help="trend model: auto, none, linear, rf or lightgbm (default: the Downscaler's default)",
     )
+    demo.add_argument(
+        "--calibrate",
+        default="stations",
+        choices=["stations", "wald", "none"],
+        help="how the std is calibrated: at every other station of the scene (the others check it; "
+        "default), by the Wald protocol, or not at all",
+    )
 
     run = commands.add_parser(
         "run",
@@ -229,11 +236,22 @@ def _demo(args) -> int:
     covariates = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
     step(f"  {len(covariates.data_vars)} covariates: {', '.join(covariates.data_vars)}")
     params = {} if args.trend is None else {"trend": args.trend}
+    if args.calibrate == "none":
+        params["calibrate_std"] = False
     model = ds.Downscaler(**params)
     # A land-only variable (LST, soil moisture) is downscaled on land pixels only: no values at sea.
     mask = scene.mask if ds.datasets.VARIABLES[scene.variable]["land_only"] else None
+    # Calibrate the std at every other station; the report checks it at the others.
+    calibration_stations, check_stations = scene.stations, scene.stations
+    if args.calibrate == "stations":
+        calibration_stations, check_stations = scene.stations.iloc[::2], scene.stations.iloc[1::2]
     step(f"Fitting the Downscaler ({model!r})" + (" on land pixels" if mask is not None else ""))
-    model.fit(scene.coarse, covariates, mask=mask)
+    model.fit(
+        scene.coarse,
+        covariates,
+        mask=mask,
+        stations=calibration_stations if args.calibrate == "stations" else None,
+    )
     chosen = getattr(model, "selected_trend_", None)
     cv_results = getattr(model, "cv_results_", None)
     if cv_results is not None:
@@ -245,6 +263,11 @@ def _demo(args) -> int:
         print(cv_results.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     else:
         chosen = None
+    if args.calibrate == "stations":
+        step(f"  std calibrated at {model.std_scale_stations_} stations (factor {model.std_scale_:.2f}); "
+             f"the other {len(check_stations)} check it")
+    elif args.calibrate == "wald":
+        step(f"  std calibrated by the Wald protocol (factor {model.std_scale_:.2f})")
     step("Predicting the fine field and its uncertainty")
     fine, std = model.predict(covariates, return_std=True)
 
@@ -310,13 +333,20 @@ def _demo(args) -> int:
         f"RMSE against the fine truth: downscaled {rmse_fine:.4g} {units}, bilinear interpolation "
         f"{rmse_bilinear:.4g} {units} (ratio {rmse_fine / rmse_bilinear:.3f}).",
         f"Coherence error (max relative difference of block means from the coarse input): {coherence:.2e}.",
-        f"Share of truth pixels inside the nominal 90% interval: {coverage:.1%}.",
+        f"Share of truth pixels inside the nominal 90% interval: {coverage:.1%} ("
+        + {
+            "stations": f"std calibrated at {model.std_scale_stations_} stations, factor {model.std_scale_:.3g}; "
+            f"the station scores below are of the other {len(check_stations)}",
+            "wald": f"std calibrated by the Wald protocol, factor {model.std_scale_:.3g}",
+            "none": "std not calibrated",
+        }[args.calibrate]
+        + ").",
         "Maps of the coarse input, the downscaled field, the truth and the uncertainty: ![maps](maps.png)",
     ]
     report_path = report_module.write_report(
         output,
         fine,
-        scene.stations,
+        check_stations,
         std=std,
         aoa=None if applicability is None else applicability[1],
         dissimilarity=None if applicability is None else applicability[0],

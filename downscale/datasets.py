@@ -75,7 +75,8 @@ class Scene:
     mask : xarray.DataArray
         True on land.
     stations : geopandas.GeoDataFrame
-        Point measurements: ``station_id``, ``time`` (multi-time scenes), ``value``, point geometry.
+        Point measurements: ``station_id``, ``time`` (multi-time scenes), ``value``, ``noise_std``
+        (the standard deviation of the measurement noise added to the truth), point geometry.
     factor : int
         Fine cells per coarse cell along each axis.
     bounds : (float or None, float or None)
@@ -174,13 +175,14 @@ def _station_table(truth, mask, n_stations, noise_std, rng, bounds, crs):
     times = truth["time"].values if "time" in truth.dims else [None]
     for t_index, time in enumerate(times):
         values = (truth.isel(time=t_index).values if time is not None else truth.values)[rows, cols]
-        observed = values + noise_std(values) * rng.standard_normal(values.size)
+        spread = np.broadcast_to(np.asarray(noise_std(values), dtype=np.float64), values.shape)
+        observed = values + spread * rng.standard_normal(values.size)
         low, high = bounds
         if low is not None:
             observed = np.maximum(observed, low)
         if high is not None:
             observed = np.minimum(observed, high)
-        frame = pd.DataFrame({"station_id": station_ids, "x": x, "y": y, "value": observed})
+        frame = pd.DataFrame({"station_id": station_ids, "x": x, "y": y, "value": observed, "noise_std": spread})
         if time is not None:
             frame.insert(1, "time", time)
         records.append(frame)

@@ -253,6 +253,60 @@ def test_wald_calibration_scales_the_std(scenes):
     assert np.mean(ratio <= 1.6448536269514722) == pytest.approx(0.9, abs=0.03)
 
 
+def test_stations_given_to_fit_calibrate_the_std_by_split_conformal(scenes):
+    """The scale is the ceil((n + 1) 0.9)-th smallest |observed - predicted| / (1.645 std) at the stations."""
+    scene, X = scenes["soil_moisture"]
+    raw = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    fine, std_raw = raw.predict(X, return_std=True)
+    observed = scene.stations["value"].to_numpy()
+    predicted = ds.validation.extract_at_points(fine, scene.stations)
+    spread = ds.validation.extract_at_points(std_raw, scene.stations)
+    ok = np.isfinite(predicted) & (spread > 0)
+    ratios = np.sort(np.abs(observed[ok] - predicted[ok]) / (1.6448536269514722 * spread[ok]))
+    n = ratios.size
+    rank = int(np.ceil((n + 1) * 0.9))
+
+    model = Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations)
+    assert (model.std_calibration_, model.std_scale_stations_) == ("stations", n)
+    assert model.std_scale_ == pytest.approx(ratios[rank - 1], rel=1e-12)
+    _, std = model.predict(X, return_std=True)
+    np.testing.assert_allclose(std.values, model.std_scale_ * std_raw.values, rtol=1e-12)
+    inside = np.abs(observed[ok] - predicted[ok]) <= 1.6448536269514722 * (model.std_scale_ * spread[ok]) * (1 + 1e-12)
+    assert inside.sum() >= rank
+    # A station noise is left out of the pixel's std, as calibrate_std does it.
+    noisy = Downscaler(trend="linear").fit(
+        scene.coarse, X, mask=scene.mask, stations=scene.stations, station_noise="noise_std"
+    )
+    expected = ds.validation.calibrate_std(fine, std_raw, scene.stations, noise="noise_std").attrs["std_scale"]
+    assert noisy.std_scale_ == pytest.approx(expected, rel=1e-12) and noisy.std_scale_ < model.std_scale_
+    # Without stations the Wald protocol sets the scale; with calibrate_std=False nothing does.
+    assert Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask).std_calibration_ == "wald"
+    assert raw.std_calibration_ == "none" and raw.std_scale_ == 1.0
+
+
+def test_stations_in_fit_need_calibrate_std_and_enough_values(scenes):
+    scene, X = scenes["soil_moisture"]
+    with pytest.warns(UserWarning, match="stations are only used to calibrate the standard deviation, and "
+                      "calibrate_std=False: they are ignored"):
+        model = Downscaler(trend="linear", calibrate_std=False).fit(
+            scene.coarse, X, mask=scene.mask, stations=scene.stations
+        )
+    assert model.std_scale_ == 1.0
+    with pytest.raises(ValueError, match="station_noise was given without stations: pass the stations it describes"):
+        Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask, station_noise=0.02)
+    with pytest.raises(ValueError, match=r"5 station value\(s\) with a prediction and a positive std: a 90% "
+                       r"interval needs at least 9"):
+        Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations.iloc[:5])
+
+
+def test_stations_with_a_time_column_calibrate_a_time_series():
+    scene = ds.datasets.synthetic_scene("lst", seed=2, shape=(100, 100), factor=FACTOR, n_times=2, n_stations=15)
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, tpi_radii=(5000.0,))
+    model = Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations)
+    assert model.std_calibration_ == "stations"
+    assert model.std_scale_stations_ == 30  # 15 stations x 2 days
+
+
 def test_trend_variance_is_computed_when_a_std_is_first_asked_for(scenes):
     """The trend variance's cross-validation refits the trend: a prediction without std skips it."""
     scene, X = scenes["lst"]

@@ -7,6 +7,13 @@ covariate: 0.78, 0.93, 0.97, 0.86). The 0.8 x bilinear target for the other thre
 coverage are not met yet: they are pinned below as strict expected failures so that an improvement
 shows up.
 
+The same intervals calibrated at the scene's 40 stations instead (``fit(..., stations=...,
+station_noise="noise_std")``, split conformal with the station noise left out): lst 0.76, precipitation
+0.94, no2 0.82, soil moisture 0.93. The stations see the soil-moisture error below the coarse scale
+that the Wald protocol misses; on LST, whose station noise (0.5 K) is as large as the model's error,
+the scale is the 37th of 40 ratios of which most are zero, a noisy estimate (seeds 1 and 2: 0.91 and
+0.93), pinned as a strict expected failure.
+
 The default (trend="auto") against the best of its candidates, each alone on the covariates the
 selection gives it (the positive control; RMSE against truth, measured): lst 0.4605 (linear) vs 0.4605
 (linear); precipitation 2.155 (none) vs 2.155 (none); no2 4.751 (linear, weight 0.91) vs 4.755 (none);
@@ -28,6 +35,7 @@ pytestmark = pytest.mark.slow
 
 RATIO_MET = {"lst": True, "precipitation": False, "no2": False, "soil_moisture": False}
 COVERAGE_MET = {"lst": True, "precipitation": True, "no2": True, "soil_moisture": False}
+STATION_COVERAGE_MET = {"lst": False, "precipitation": True, "no2": True, "soil_moisture": True}
 DEFAULT_RATIO_MET = {"lst": True, "precipitation": True, "no2": False, "soil_moisture": False}
 POSITIVE_CONTROL_MET = {"lst": True, "precipitation": True, "no2": True, "soil_moisture": False}
 
@@ -40,6 +48,10 @@ def result(request):
     mask = scene.mask if variable in ("lst", "soil_moisture") else None
     model = Downscaler(trend="lightgbm").fit(scene.coarse, X, mask=mask)
     fine, std = model.predict(X, return_std=True)
+    at_stations = Downscaler(trend="lightgbm").fit(
+        scene.coarse, X, mask=mask, stations=scene.stations, station_noise="noise_std"
+    )
+    fine_stations, std_stations = at_stations.predict(X, return_std=True)
     trend_only = Downscaler(trend="lightgbm", residual="none", calibrate_std=False).fit(
         scene.coarse, X, mask=mask
     )
@@ -64,6 +76,8 @@ def result(request):
         scene=scene,
         fine=fine,
         std=std,
+        fine_stations=fine_stations,
+        std_stations=std_stations,
         valid=valid,
         rmse=rmse(fine),
         rmse_none=rmse(trend_only.predict(X)),
@@ -105,7 +119,19 @@ def test_90_percent_intervals_cover_80_to_97_percent(result, request):
     fine, std, truth = result["fine"], result["std"], result["scene"].truth
     inside = np.abs(fine.values - truth.values) <= 1.6448536269514722 * std.values
     coverage = float(np.mean(inside[result["valid"]]))
-    assert 0.80 <= coverage <= 0.97
+    assert 0.80 <= coverage <= 0.97, coverage
+
+
+def test_90_percent_intervals_calibrated_at_the_stations_cover_80_to_97_percent(result, request):
+    if not STATION_COVERAGE_MET[result["variable"]]:
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="40 stations set a noisy scale (see module notes)")
+        )
+    fine, std, truth = result["fine_stations"], result["std_stations"], result["scene"].truth
+    np.testing.assert_array_equal(fine.values, result["fine"].values)  # the stations only scale the std
+    inside = np.abs(fine.values - truth.values) <= 1.6448536269514722 * std.values
+    coverage = float(np.mean(inside[result["valid"]]))
+    assert 0.80 <= coverage <= 0.97, coverage
 
 
 def test_default_rmse_at_most_0_8_of_bilinear(result, request):

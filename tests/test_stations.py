@@ -313,3 +313,30 @@ def test_calibrate_std_errors():
         calibrate_std(field, std.isel(x=[0]), points)
     with pytest.raises(ValueError, match="no column 'obs'"):
         calibrate_std(field, std, points, value="obs")
+    with pytest.raises(ValueError, match="The stations have no column 'sigma' for the noise"):
+        calibrate_std(field, std, points, coverage=0.5, noise="sigma")
+    with pytest.raises(ValueError, match=r"The station noise must be a standard deviation \(>= 0\)"):
+        calibrate_std(field, std, points, coverage=0.5, noise=-1.0)
+
+
+def test_conformal_scale_with_station_noise_leaves_the_noise_out_of_the_pixel_std():
+    """Hand-computed: a pair is inside pred +- z sqrt((s std)**2 + noise**2) once s >= sqrt(e**2 - z**2 noise**2) / (z std)."""
+    from downscale.validation import calibrate_std
+    from downscale.validation.stations import conformal_scale
+
+    z = 1.6448536269514722  # 90 %: with 10 pairs the rank ceil(11 * 0.9) = 10 is the largest ratio
+    errors = np.array([0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 1.0, 10.0])
+    noise = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 6.0]) / z
+    spread = np.full(10, 2.0 / z)
+    # needed scales: 0, 0, sqrt(3)/2, sqrt(8)/2, 2, 2.5, 3, 3.5, 0.5 and sqrt(100 - 36)/2 = 4
+    scale, n = conformal_scale(errors, np.zeros(10), spread, noise=noise)
+    assert (scale, n) == (pytest.approx(4.0), 10)
+    assert conformal_scale(errors, np.zeros(10), spread)[0] == pytest.approx(5.0)  # 10 / 2 without the noise
+    # The same through calibrate_std, with the noise as a column of the stations or as one number.
+    field = xr.DataArray(np.zeros((2, 10)), dims=("y", "x"), coords={"y": [1.5, 0.5], "x": np.arange(10) + 0.5})
+    points = gpd.GeoDataFrame(
+        {"value": errors, "sigma": noise}, geometry=gpd.points_from_xy(np.arange(10) + 0.5, np.full(10, 0.5))
+    )
+    std = xr.full_like(field, 2.0 / z)
+    assert calibrate_std(field, std, points, noise="sigma").attrs["std_scale"] == pytest.approx(4.0)
+    assert calibrate_std(field, std, points, noise=8.0 / z).attrs["std_scale"] == pytest.approx(3.0)  # sqrt(100-64)/2

@@ -519,11 +519,14 @@ def station_scores(
     return table
 
 
-def conformal_scale(observed, predicted, spread, coverage: float = 0.9):
+def conformal_scale(observed, predicted, spread, coverage: float = 0.9, noise=0.0):
     """The split-conformal factor of :func:`calibrate_std` from paired arrays, and how many pairs set it.
 
     Pairs with a NaN or a std that is not positive are left out. Raises ``ValueError`` when there are
-    too few pairs for ``coverage``.
+    too few pairs for ``coverage``. With a measurement ``noise`` (std, a number or one per pair), the
+    factor ``s`` is the least that puts the share ``coverage`` of the observations inside
+    ``predicted +- z sqrt(s**2 spread**2 + noise**2)``: each pair needs
+    ``s >= sqrt(max(error**2 - z**2 noise**2, 0)) / (z spread)``.
 
     Examples
     --------
@@ -531,13 +534,20 @@ def conformal_scale(observed, predicted, spread, coverage: float = 0.9):
     >>> scale, n = conformal_scale(np.arange(1.0, 10.0), np.zeros(9), np.full(9, 1 / z))
     >>> round(scale, 6), n
     (9.0, 9)
+    >>> scale, n = conformal_scale(np.arange(1.0, 10.0), np.zeros(9), np.full(9, 1 / z), noise=5.4 / z)
+    >>> round(scale, 6)                     # sqrt(9**2 - 5.4**2): the noise explains part of the error
+    7.2
     """
     from scipy.stats import norm
 
     observed, predicted, spread = (np.asarray(a, dtype=np.float64) for a in (observed, predicted, spread))
+    noise = np.broadcast_to(np.asarray(noise, dtype=np.float64), observed.shape)
+    if np.any(noise < 0):
+        raise ValueError(f"The station noise must be a standard deviation (>= 0); its least value is {noise.min()!r}.")
     z = float(norm.ppf(0.5 + coverage / 2))
-    ok = np.isfinite(observed) & np.isfinite(predicted) & np.isfinite(spread) & (spread > 0)
-    ratios = np.sort(np.abs(observed[ok] - predicted[ok]) / (z * spread[ok]))
+    ok = np.isfinite(observed) & np.isfinite(predicted) & np.isfinite(spread) & (spread > 0) & np.isfinite(noise)
+    excess = np.maximum((observed[ok] - predicted[ok]) ** 2 - (z * noise[ok]) ** 2, 0.0)
+    ratios = np.sort(np.sqrt(excess) / (z * spread[ok]))
     n = ratios.size
 
     def rank(count):  # the conformal rank; the 1e-9 keeps float noise (10 * 0.9) from raising it by one
@@ -563,6 +573,7 @@ def calibrate_std(
     value: str = "value",
     method: str = "nearest",
     tolerance=None,
+    noise=None,
 ) -> xr.DataArray:
     """Scale a standard deviation so that its intervals cover the station values (split conformal).
 
@@ -584,6 +595,13 @@ def calibrate_std(
         Nominal coverage of the intervals, between 0 and 1.
     value, method, tolerance
         As in :func:`station_scores`.
+    noise : float or str, optional
+        Standard deviation of the stations' own measurement error (and point-versus-pixel mismatch),
+        in the field's units: a number, or the name of a column with one per station value. The scale
+        is then set so that ``pred +- z sqrt((scale std)**2 + noise**2)`` holds the share ``coverage``
+        of station values, and the returned std is that of the pixel value, without the noise.
+        Without it, noisy stations make the intervals too wide: what they see that a pixel does not
+        is taken for model error.
 
     Returns
     -------
@@ -615,9 +633,16 @@ def calibrate_std(
             f"{getattr(std, 'dims', type(std).__name__)} {getattr(std, 'shape', '')}."
         )
     observed = stations[value].to_numpy(dtype=np.float64)
+    if isinstance(noise, str):
+        if noise not in stations.columns:
+            raise ValueError(
+                f"The stations have no column {noise!r} for the noise; their columns are "
+                f"{list(stations.columns)}. Pass noise=<column> or a number (the std of a station value)."
+            )
+        noise = stations[noise].to_numpy(dtype=np.float64)
     predicted = _sample(pred, stations, method, tolerance)
     spread = _sample(std, stations, method, tolerance)
-    scale, n = conformal_scale(observed, predicted, spread, coverage)
+    scale, n = conformal_scale(observed, predicted, spread, coverage, noise=0.0 if noise is None else noise)
     out = std * scale
     out.attrs = dict(std.attrs)
     out.attrs.update(std_scale=scale, std_scale_coverage=float(coverage), std_scale_stations=int(n))
