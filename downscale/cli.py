@@ -251,6 +251,8 @@ def _demo(args) -> int:
         covariates,
         mask=mask,
         stations=calibration_stations if args.calibrate == "stations" else None,
+        # The scene's stations record their measurement noise: it is not the pixel's uncertainty.
+        station_noise="noise_std" if args.calibrate == "stations" else None,
     )
     chosen = getattr(model, "selected_trend_", None)
     cv_results = getattr(model, "cv_results_", None)
@@ -347,6 +349,7 @@ def _demo(args) -> int:
         output,
         fine,
         check_stations,
+        station_noise="noise_std",
         std=std,
         aoa=None if applicability is None else applicability[1],
         dissimilarity=None if applicability is None else applicability[0],

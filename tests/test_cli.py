@@ -50,6 +50,8 @@ def test_demo_writes_cf_netcdf_map_and_report(tmp_path, capsys):
     assert cli.main(["demo", "--output", str(output)]) == 0
     printed = capsys.readouterr().out
     assert "RMSE against truth: downscaled" in printed and str(output / "fine.nc") in printed
+    # The std is calibrated at every other station; the report checks it at the others.
+    assert "std calibrated at 20 stations" in printed and "the other 20 check it" in printed
     data = xr.open_dataset(output / "fine.nc", decode_coords="all")
     assert data.rio.crs.to_epsg() == 32632
     assert {"lst", "lst_std"} <= set(data.data_vars)
@@ -67,3 +69,5 @@ def test_demo_writes_cf_netcdf_map_and_report(tmp_path, capsys):
     assert (output / "maps.png").stat().st_size > 10_000
     report = (output / "report.md").read_text()
     assert "RMSE against the fine truth" in report and "![maps](maps.png)" in report
+    assert "the station scores below are of the other 20" in report
+    assert "20 station values lie inside the 90 % prediction interval of a station value" in report

@@ -176,3 +176,25 @@ def test_report_points_to_calibrate_std_when_intervals_are_too_narrow(scene, fil
     assert 2.0 < expected < 4.5  # about 3, the factor the std was shrunk by
     fine = write_report(tmp_path / "fine", prediction, scene.stations, std=honest, n_boot=50).read_text()
     assert "too narrow" not in fine
+
+
+def test_report_and_calibration_leave_the_known_station_noise_out_of_the_pixel_std(scene, files, tmp_path):
+    """The prediction's pixel error is 0.5 K and so is the stations' noise: std = 0.5 K is right for a pixel.
+
+    A station value differs from the prediction by both (0.71 K), so without the noise the check finds
+    the intervals too narrow (about 75 % inside); with ``station_noise`` it finds about 90 % and leaves
+    the std alone, and ``calibrate_std(..., noise=...)`` gives a factor near 1.
+    """
+    _, _, prediction, _ = files
+    pixel_std = xr.full_like(prediction, NOISE).rename("lst_std")
+    without = write_report(tmp_path / "without", prediction, scene.stations, std=pixel_std, n_boot=50).read_text()
+    assert "The intervals are too narrow here" in without
+    report = write_report(
+        tmp_path / "with", prediction, scene.stations, station_noise="noise_std", std=pixel_std, n_boot=50
+    ).read_text()
+    assert "too narrow" not in report and "with the stations' own noise" in report
+    share = int(report.split("Uncertainty: ")[1].split("%")[0])
+    assert 84 <= share <= 96
+    scale = ds.validation.calibrate_std(prediction, pixel_std, scene.stations, noise="noise_std").attrs["std_scale"]
+    assert 0.8 < scale < 1.25
+    assert (scene.stations["noise_std"] == NOISE).all()

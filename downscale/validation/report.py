@@ -147,6 +147,7 @@ def write_report(
     stations=None,
     *,
     value_column: str = "value",
+    station_noise=None,
     std: xr.DataArray | None = None,
     aoa: xr.DataArray | None = None,
     dissimilarity: xr.DataArray | None = None,
@@ -170,6 +171,9 @@ def write_report(
         The downscaled field ``(y, x)`` or ``(time, y, x)``.
     stations : geopandas.GeoDataFrame, optional
         Station records (see :func:`downscale.validation.read_stations`), with ``value_column``.
+    station_noise : float or str, optional
+        Standard deviation of a station value's own error, a number or a column of ``stations``: the
+        interval check at the stations then uses ``prediction +- 1.645 sqrt(std**2 + noise**2)``.
     std, aoa, dissimilarity : xarray.DataArray, optional
         Standard deviation of the prediction, area-of-applicability mask, dissimilarity index.
     coarse, truth : xarray.DataArray, optional
@@ -255,24 +259,37 @@ def write_report(
             )
         )
         if stds is not None:
+            if isinstance(station_noise, str):
+                noise = pd.to_numeric(stations[station_noise], errors="coerce").to_numpy(dtype=float)
+            else:
+                noise = np.broadcast_to(np.asarray(station_noise or 0.0, dtype=float), observed.shape)
             ok = np.isfinite(observed) & np.isfinite(predicted) & np.isfinite(stds) & (stds > 0)
+            ok &= np.isfinite(noise)
             if ok.any():
-                inside = np.abs(observed[ok] - predicted[ok]) <= _Z90 * stds[ok]
+                half_width = _Z90 * np.sqrt(stds[ok] ** 2 + noise[ok] ** 2)
+                inside = np.abs(observed[ok] - predicted[ok]) <= half_width
                 lines.append(
                     f"Uncertainty: {inside.mean():.0%} of {ok.sum()} station values lie inside the 90 % "
-                    f"prediction interval (prediction +- 1.645 std; nominal 90 %; station noise and "
-                    f"point-vs-pixel mismatch are not in the std)."
+                    + (
+                        "prediction interval (prediction +- 1.645 std; nominal 90 %; station noise and "
+                        "point-vs-pixel mismatch are not in the std)."
+                        if station_noise is None
+                        else "prediction interval of a station value (prediction +- 1.645 sqrt(std^2 + "
+                        "noise^2), with the stations' own noise; nominal 90 %)."
+                    )
                 )
                 try:  # too few stations for a 90 % conformal scale: say nothing more
                     scale = (
-                        conformal_scale(observed, predicted, stds, 0.9)[0] if inside.mean() < 0.8 else None
+                        conformal_scale(observed, predicted, stds, 0.9, noise=noise)[0]
+                        if inside.mean() < 0.8
+                        else None
                     )
                 except ValueError:
                     scale = None
                 if scale is not None:
                     lines.append(
                         f"The intervals are too narrow here. `ds.validation.calibrate_std(prediction, std, "
-                        f"stations)` scales the std so that 90 % intervals hold 90 % of the station values "
+                        f"stations{'' if station_noise is None else f', noise={station_noise!r}'})` scales the std so that 90 % intervals hold 90 % of the station values "
                         f"(split conformal); these stations give a factor of {scale:.2f}. Check it on "
                         f"stations kept out of the calibration."
                     )
