@@ -31,7 +31,8 @@ YAML configuration, and write one netCDF file per time step.
 The configuration has the sections inputs (files, variable, time range),
 covariates (DEM, NDVI, mask), model (a Downscaler fitted on every step, or a
 UNet trained once on the series, or a saved model), outputs (directory, file
-pattern, variables mean / std / aoa), validation (stations, optional) and dask.
+pattern, variables mean / std / aoa), validation (stations, optional),
+calibration (stations at which the std is calibrated, optional) and dask.
 data/example.yaml is a commented example; start from a copy of it.
 """
 

@@ -26,6 +26,20 @@ type is read from the ``.pt`` suffix). The UNet predicts each step on the
 whole fine grid, not in tiles: its memory grows with the domain. Its ``std``
 is the spread of Monte-Carlo dropout samples, and it has no ``aoa``.
 
+The std
+-------
+A Downscaler's ``std`` output is calibrated by the Wald protocol on every
+step (see :mod:`downscale.downscaler`), unless a ``calibration`` section names
+stations: then each step's std is calibrated at that step's station values
+(records within half a time step), by split conformal prediction with the
+stations' own ``noise`` left out, as ``Downscaler.fit(..., stations=...)``
+does. The tiles that hold a station are computed first and kept for the
+writer, so the calibration costs no second pass. A step with too few station
+values for a 90 % scale (fewer than 9) falls back to the Wald protocol and
+says so in ``run.log`` and in the output's ``downscale_std_calibration``
+attribute. Stations that also validate the run then check the intervals
+in-sample: keep some out of the calibration.
+
 Every output records the model that made it (attribute ``downscale_model``:
 the Downscaler's parameters or the digest of the UNet file); an output made by
 another model counts as stale and is redone.
@@ -181,6 +195,16 @@ class ValidationConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Stations at which the ``std`` output is calibrated, step by step (optional; see the module notes)."""
+
+    stations: Path | None = None
+    crs: str | None = None
+    value_column: str = "value"
+    noise: object = None
+
+
+@dataclass
 class DaskConfig:
     """Where the tiles run: local threads, a LocalCluster of ``workers``, or a scheduler address.
 
@@ -207,6 +231,7 @@ class RunConfig:
     outputs: OutputsConfig
     model: ModelConfig = field(default_factory=ModelConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     dask: DaskConfig = field(default_factory=DaskConfig)
     path: Path | None = None
 
@@ -237,6 +262,12 @@ _SCHEMA = {
         "tile": ("int", False),
     },
     "validation": {"stations": ("existing", False), "crs": ("str", False), "value_column": ("str", False)},
+    "calibration": {
+        "stations": ("existing", False),
+        "crs": ("str", False),
+        "value_column": ("str", False),
+        "noise": ("noise", False),
+    },
     "dask": {
         "threads": ("int", False),
         "workers": ("int", False),
@@ -255,6 +286,7 @@ _EXAMPLE = {
     "time": "2020-01-31",
     "list": "[mean, std]",
     "dict": "{trend: lightgbm}",
+    "noise": "0.5 (a standard deviation in the variable's units) or noise_std (a column)",
 }
 
 
@@ -300,6 +332,12 @@ def _value(kind, value, key, base, source):
         if not isinstance(value, dict):
             raise wrong("a mapping of names to values")
         return value
+    if kind == "noise":
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise wrong("a number or a column name")
+        if not isinstance(value, str) and not value >= 0:
+            raise wrong("a standard deviation (>= 0)")
+        return value if isinstance(value, str) else float(value)
     if kind == "time":
         try:
             return pd.Timestamp(value)
@@ -439,6 +477,26 @@ def load_config(path) -> RunConfig:
             f"{source}: 'outputs.pattern' {outputs.pattern!r} cannot be filled ({error!r}). Use the fields "
             f"{{variable}}, {{time:%Y%m%d}}, {{stem}} (input file name) and {{index}}."
         ) from None
+    calibration = CalibrationConfig(**parsed["calibration"])
+    if parsed["calibration"] and calibration.stations is None:
+        raise ConfigError(
+            f"{source}: the 'calibration' section needs 'calibration.stations', the file of stations at which "
+            f"the std is calibrated. Add it, e.g. stations: {_EXAMPLE['existing'].replace('dem.tif', 'stations.csv')}"
+        )
+    if calibration.stations is not None and (model.type != "downscaler" or "std" not in outputs.variables):
+        raise ConfigError(
+            f"{source}: 'calibration' calibrates the std of a Downscaler at the stations, but "
+            + (
+                f"model.type is {model.type!r} (a UNet's std is its dropout spread). Remove the section."
+                if model.type != "downscaler"
+                else f"'outputs.variables' ({outputs.variables}) has no 'std'. Add 'std' or remove the section."
+            )
+        )
+    if calibration.stations is not None and model.parameters.get("calibrate_std") is False:
+        raise ConfigError(
+            f"{source}: 'calibration' calibrates the std at the stations, but model.parameters.calibrate_std "
+            f"is false. Remove one of the two."
+        )
     dask = DaskConfig(**parsed["dask"])
     for key in ("threads", "workers"):
         value = getattr(dask, key)
@@ -450,6 +508,7 @@ def load_config(path) -> RunConfig:
         outputs=outputs,
         model=model,
         validation=ValidationConfig(**parsed["validation"]),
+        calibration=calibration,
         dask=dask,
         path=path.resolve(),
     )
@@ -1006,6 +1065,7 @@ def _fit_tiled(model, coarse, X, mask, tile):
         model.atpk_ = model._fit_kriging(lazy, 1)
     model.trend_variance_ = model._trend_variance(features_coarse, z_coarse, residual.reshape(1, -1), [[0]])
     model.std_scale_ = 1.0
+    model._wald_inputs = (coarse, features_coarse, X)  # for a Wald calibration after the fit (_step_tiles)
     if model.calibrate_std:
         model.std_scale_ = model._wald_scale(coarse, features_coarse, X)
     return model
@@ -1051,8 +1111,14 @@ def downscale_step(coarse, X, parameters=None, mask=None, tile: int = 32, variab
     return _step_tiles(coarse, X, parameters, mask, tile, variables)[0]
 
 
-def _step_tiles(coarse, X, parameters, mask, tile, variables):
-    """The lazy result of :func:`downscale_step` and its tile tasks ``[(fine rows, fine cols, delayed)]``."""
+def _step_tiles(coarse, X, parameters, mask, tile, variables, calibration=None):
+    """The lazy result of :func:`downscale_step` and its tile tasks ``[(fine rows, fine cols, delayed)]``.
+
+    With ``calibration`` (the :class:`StepStations` of this step), the std is calibrated at those
+    stations instead of by the Wald protocol: the tiles that hold a station are computed first (and
+    kept for the writer), the split-conformal scale is taken from them, and every tile's std is
+    multiplied by it.
+    """
     import dask
     import dask.array as da
 
@@ -1060,9 +1126,14 @@ def _step_tiles(coarse, X, parameters, mask, tile, variables):
 
     variables = list(variables)
     model = Downscaler(**dict(parameters or {}))
+    if calibration is not None:
+        if "std" not in variables or "mean" not in variables:
+            raise ValueError(f"A calibration at stations needs the 'mean' and 'std' outputs, got {variables}.")
+        model.set_params(calibrate_std=False)  # the stations calibrate instead of the Wald protocol
     if mask is not None:
         mask = mask.astype(bool) if hasattr(mask, "astype") else mask
     _fit_tiled(model, coarse, X, mask, tile)
+    wald_inputs = model.__dict__.pop("_wald_inputs")  # not shipped to the tiles with the model
     factor = model.factor_
     fine_chunk = tile * factor
     features = _feature_array(X, model.features_used_, fine_chunk)
@@ -1097,7 +1168,6 @@ def _step_tiles(coarse, X, parameters, mask, tile, variables):
     rows_out = []
     tasks = []
     for ys, fy in _tile_slices(cy, tile, factor):
-        row = []
         for xs, fx in _tile_slices(cx, tile, factor):
             m = None if mask_array is None else mask_array[fy, fx]
             s = None if smooth is None else (smooth[0][fy, fx], smooth[1])
@@ -1114,8 +1184,18 @@ def _step_tiles(coarse, X, parameters, mask, tile, variables):
                 train,
                 s,
             )
-            shape = (len(wanted), fy.stop - fy.start, fx.stop - fx.start)
             tasks.append((fy, fx, task))
+    calibration_note = (
+        f"wald: scale {model.std_scale_:.4g}" if model.calibrate_std and "std" in wanted else "none"
+    )
+    if calibration is not None:
+        tasks, calibration_note = _calibrate_at_stations(model, tasks, wanted, calibration, wald_inputs)
+    tasks_by_tile = iter(tasks)
+    for _ys, fy in _tile_slices(cy, tile, factor):
+        row = []
+        for _xs, fx in _tile_slices(cx, tile, factor):
+            _, _, task = next(tasks_by_tile)
+            shape = (len(wanted), fy.stop - fy.start, fx.stop - fx.start)
             row.append(da.from_delayed(task, shape=shape, dtype=np.float64))
         rows_out.append(row)
     stacked = da.block(rows_out).rechunk({0: 1})
@@ -1154,7 +1234,65 @@ def _step_tiles(coarse, X, parameters, mask, tile, variables):
             variable.attrs["grid_mapping"] = "spatial_ref"
     out.attrs["downscale_trend_variance"] = float(model.trend_variance_[0])
     out.attrs["downscale_trend"] = _trend_label(model)
+    out.attrs["downscale_std_calibration"] = calibration_note
     return out, tasks
+
+
+@dataclass
+class StepStations:
+    """The station values of one time step on the fine grid: pixel ``rows`` / ``cols``, ``observed``, ``noise``."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    observed: np.ndarray
+    noise: np.ndarray
+
+
+def _scaled_std(values, index, scale):
+    """A tile's outputs ``(n_variables, ny, nx)`` with the std (row ``index``) multiplied by ``scale``."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    out[index] *= scale
+    return out
+
+
+def _calibrate_at_stations(model, tasks, wanted, stations, wald_inputs):
+    """Compute the tiles with a station, take the split-conformal scale there, scale every tile's std.
+
+    Returns the new tile tasks and a note for the output's ``downscale_std_calibration`` attribute.
+    With too few station values for a 90 % scale, the Wald protocol calibrates the step instead.
+    """
+    import dask
+
+    from .downscaler import CALIBRATION_COVERAGE
+    from .validation.stations import conformal_scale
+
+    i_mean, i_std = wanted.index("mean"), wanted.index("std")
+    holding = []
+    for k, (fy, fx, _) in enumerate(tasks):
+        inside = (stations.rows >= fy.start) & (stations.rows < fy.stop)
+        inside &= (stations.cols >= fx.start) & (stations.cols < fx.stop)
+        if inside.any():
+            holding.append((k, np.flatnonzero(inside)))
+    computed = dict(zip([k for k, _ in holding], dask.compute(*[tasks[k][2] for k, _ in holding]), strict=True))
+    predicted = np.full(stations.observed.size, np.nan)
+    spread = np.full(stations.observed.size, np.nan)
+    for k, members in holding:
+        fy, fx, _ = tasks[k]
+        r, c = stations.rows[members] - fy.start, stations.cols[members] - fx.start
+        predicted[members] = computed[k][i_mean, r, c]
+        spread[members] = computed[k][i_std, r, c]
+    try:
+        scale, n = conformal_scale(stations.observed, predicted, spread, CALIBRATION_COVERAGE, noise=stations.noise)
+        note = f"stations: scale {scale:.4g} from {n} values"
+    except ValueError as error:
+        scale = model._wald_scale(*wald_inputs)
+        note = f"wald: scale {scale:.4g} ({str(error).split(':')[0]}; too few to calibrate at the stations)"
+        logger.warning("std calibrated by the Wald protocol: %s", error)
+    new_tasks = [
+        (fy, fx, dask.delayed(_scaled_std)(computed.get(k, task), i_std, scale))
+        for k, (fy, fx, task) in enumerate(tasks)
+    ]
+    return new_tasks, note
 
 
 def _bilinear_tiled(coarse_values, factor, tile):
@@ -1520,7 +1658,57 @@ def _trend_label(model):
     return f"auto: {label}" if isinstance(model.trend, str) and model.trend == "auto" else label
 
 
-def _process(item, config, X, mask, model):
+class CalibrationStations:
+    """The stations of ``calibration.stations`` placed on the fine grid once; :meth:`at` picks a step's values."""
+
+    def __init__(self, config, X, items):
+        from .validation.stations import _axis_positions, _default_tolerance, _to_grid_crs, read_stations
+
+        section = config.calibration
+        stations = read_stations(section.stations, crs=section.crs)
+        if section.value_column not in stations.columns:
+            raise ConfigError(
+                f"{config.path}: 'calibration.value_column' is {section.value_column!r}, but the stations have "
+                f"the columns {list(stations.columns)}. Name the column of the observed values."
+            )
+        template = X[next(iter(X.data_vars))]
+        stations = _to_grid_crs(stations, template)
+        row, inside_y = _axis_positions(X["y"].values, stations.geometry.y.to_numpy(dtype=np.float64))
+        col, inside_x = _axis_positions(X["x"].values, stations.geometry.x.to_numpy(dtype=np.float64))
+        keep = inside_y & inside_x
+        self.rows = np.clip(np.rint(row[keep]).astype(np.int64), 0, X.sizes["y"] - 1)
+        self.cols = np.clip(np.rint(col[keep]).astype(np.int64), 0, X.sizes["x"] - 1)
+        self.observed = pd.to_numeric(stations[section.value_column], errors="coerce").to_numpy(float)[keep]
+        noise = section.noise
+        if isinstance(noise, str):
+            if noise not in stations.columns:
+                raise ConfigError(
+                    f"{config.path}: 'calibration.noise' names the column {noise!r}, but the stations have the "
+                    f"columns {list(stations.columns)}. Give a column or a number (a standard deviation)."
+                )
+            noise = pd.to_numeric(stations[noise], errors="coerce").to_numpy(float)[keep]
+        self.noise = np.broadcast_to(np.asarray(noise or 0.0, dtype=np.float64), self.observed.shape)
+        times = [item.time for item in items if item.time is not None]
+        self.times = None
+        if "time" in stations.columns:
+            self.times = pd.to_datetime(stations["time"]).to_numpy()[keep]
+            self.tolerance = _default_tolerance(np.array(sorted(set(times)), dtype="datetime64[ns]"))
+        elif len(set(times)) > 1:
+            raise ConfigError(
+                f"{config.path}: the calibration stations have no 'time' column, but the run has "
+                f"{len(set(times))} time steps. Add the time of each value (a 'time' or 'date' column)."
+            )
+        self.n_outside = int((~keep).sum())
+
+    def at(self, time):
+        """The :class:`StepStations` of the step at ``time`` (every value when the stations have no time)."""
+        pick = np.ones(self.observed.size, dtype=bool)
+        if self.times is not None and time is not None:
+            pick = np.abs(self.times - np.datetime64(time, "ns")) <= self.tolerance
+        return StepStations(self.rows[pick], self.cols[pick], self.observed[pick], self.noise[pick])
+
+
+def _process(item, config, X, mask, model, calibration=None):
     """Downscale one work item and write its output; returns a note for the summary (the chosen trend)."""
     variable = config.inputs.variable
     coarse = _read_step(item, variable)
@@ -1541,6 +1729,7 @@ def _process(item, config, X, mask, model):
             mask=mask,
             tile=config.outputs.tile,
             variables=config.outputs.variables,
+            calibration=None if calibration is None else calibration.at(item.time),
         )
     else:
         result, tasks = _unet_step(model.estimator, coarse.rename(variable), X_step, mask, config), None
@@ -1563,7 +1752,10 @@ def _process(item, config, X, mask, model):
         tiles=tasks,
     )
     chosen = result.attrs.get("downscale_trend", "") if model.estimator is None else ""
-    return chosen if chosen.startswith("auto") else ""
+    notes = [f"trend {chosen}"] if chosen.startswith("auto") else []
+    if calibration is not None:
+        notes.append("std " + result.attrs["downscale_std_calibration"])
+    return "; ".join(notes)
 
 
 def _unet_step(estimator, coarse, X, mask, config):
@@ -1672,11 +1864,16 @@ def _prepare_model(config, items, X, mask):
         from .downscaler import Downscaler
 
         save_model_parameters(Downscaler(**config.model.parameters), directory / SAVED_MODEL["downscaler"])
-        return RunModel(
-            None,
-            _downscaler_identity(config.model.parameters),
-            f"Downscaler {dict(config.model.parameters)} fitted on every time step",
-        )
+        identity = _downscaler_identity(config.model.parameters)
+        description = f"Downscaler {dict(config.model.parameters)} fitted on every time step"
+        section = config.calibration
+        if section.stations is not None:  # other stations, another std: earlier outputs are stale
+            identity += (
+                f"; std calibrated at stations sha256:{_file_digest(section.stations)} "
+                f"value={section.value_column} noise={section.noise!r} crs={section.crs}"
+            )
+            description += f", std calibrated at the stations of {section.stations.name}"
+        return RunModel(None, identity, description)
     if config.model.path is not None:
         estimator = _load_unet(config.model.path, str(config.path))
         description = f"UNetDownscaler loaded from {config.model.path}"
@@ -1792,6 +1989,22 @@ def run(config: RunConfig, scheduler=None, workers=None, progress: bool = False)
             X, mask = _covariates_for(config, items)
             model = _prepare_model(config, items, X, mask)
             logger.info("model: %s", model.description)
+            calibration = None
+            if config.calibration.stations is not None:
+                calibration = CalibrationStations(config, X, items)
+                logger.info(
+                    "std calibrated at the stations of %s (%d values on the grid, %d outside it)",
+                    config.calibration.stations.name,
+                    calibration.observed.size,
+                    calibration.n_outside,
+                )
+                if config.validation.stations is not None and (
+                    config.validation.stations.resolve() == config.calibration.stations.resolve()
+                ):
+                    logger.warning(
+                        "the same stations calibrate the std and validate the outputs: the interval coverage "
+                        "at them is in-sample; keep some stations out of the calibration to check it"
+                    )
             bar = _progress_bar(len(items), progress)
             try:
                 for item in items:
@@ -1802,7 +2015,7 @@ def run(config: RunConfig, scheduler=None, workers=None, progress: bool = False)
                         if is_complete(item.output, names, shape, item.time, model.identity):
                             result = StepResult(item, "skipped", 0.0, "complete output exists")
                         else:
-                            note = _process(item, config, X, mask, model)
+                            note = _process(item, config, X, mask, model, calibration)
                             result = StepResult(item, "done", time_module.perf_counter() - start, note)
                     except ConfigError:
                         raise
@@ -1816,7 +2029,7 @@ def run(config: RunConfig, scheduler=None, workers=None, progress: bool = False)
                             result.status,
                             _label(item),
                             result.seconds,
-                            f", trend {result.message}" if result.status == "done" and result.message else "",
+                            f", {result.message}" if result.status == "done" and result.message else "",
                         )
                     results.append(result)
                     bar.update(1)

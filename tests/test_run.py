@@ -186,6 +186,63 @@ def test_example_config_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("lst_*.nc")}
 
 
+def test_a_run_calibrates_the_std_at_the_stations_as_the_in_memory_downscaler(tmp_path, capsys):
+    """calibration.stations: each step's std is scaled at its stations, exactly as Downscaler.fit(stations=...)."""
+    calibration = {"stations": "example/stations.csv", "crs": "EPSG:32632", "noise": 0.5}
+    config = make_config(tmp_path, days=2, outputs__variables=["mean", "std"])
+    text = yaml.safe_load(config.read_text())
+    text["calibration"] = calibration
+    config.write_text(yaml.safe_dump(text))
+    assert main(["run", str(config)]) == 0
+    out = tmp_path / "out"
+    log = (out / "run.log").read_text()
+    assert "std calibrated at the stations of stations.csv (240 values on the grid, 0 outside it)" in log
+    assert "std stations: scale" in capsys.readouterr().out  # the summary table says what set the std
+
+    stations = ds.validation.read_stations(tmp_path / "example" / "stations.csv", crs="EPSG:32632")
+    X = xr.open_dataset(out / "covariates.nc", decode_coords="all").load()
+    land = xr.open_dataarray(tmp_path / "example" / "land.tif", engine="rasterio").squeeze("band", drop=True)
+    mask = land.astype(bool).assign_coords(y=X["y"], x=X["x"])
+    for day in DAYS[:2]:
+        result = read_output(out / f"lst_{day}.nc")
+        coarse = xr.open_dataset(tmp_path / "example" / "coarse" / f"lst_{day}.nc", decode_coords="all")["lst"]
+        coarse = coarse.isel(time=0, drop=True).load()
+        today = stations[stations["time"] == f"{day[:4]}-{day[4:6]}-{day[6:]}"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = ds.Downscaler(trend="linear", residual="atpk").fit(
+                coarse.astype(float), X, mask=mask, stations=today, station_noise=0.5
+            )
+            fine, std = model.predict(X, return_std=True)
+        assert model.std_scale_stations_ == 40
+        assert result.attrs["downscale_std_calibration"] == f"stations: scale {model.std_scale_:.4g} from 40 values"
+        np.testing.assert_allclose(result["lst"].values[0], fine.values, rtol=1e-12, atol=1e-10, equal_nan=True)
+        np.testing.assert_allclose(result["lst_std"].values[0], std.values, rtol=1e-12, equal_nan=True)
+
+    # Other stations (here: another noise) make another std: the outputs are redone, not skipped.
+    assert main(["run", str(config)]) == 0
+    assert "0 done, 2 skipped (complete)" in capsys.readouterr().out
+    text["calibration"]["noise"] = 0.0
+    config.write_text(yaml.safe_dump(text))
+    assert main(["run", str(config)]) == 0
+    assert "2 done, 0 skipped (complete)" in capsys.readouterr().out
+
+
+def test_a_step_with_too_few_station_values_is_calibrated_by_the_wald_protocol(tmp_path, capsys):
+    few = tmp_path / "few.csv"
+    shutil.copytree(DATA / "example", tmp_path / "example")
+    rows = (DATA / "example" / "stations.csv").read_text().splitlines()
+    few.write_text("\n".join([rows[0]] + [r for r in rows[1:] if ",2024-06-01," in r][:5]) + "\n")
+    config = make_config(tmp_path, days=1, outputs__variables=["mean", "std"])
+    text = yaml.safe_load(config.read_text())
+    text["calibration"] = {"stations": str(few), "crs": "EPSG:32632"}
+    config.write_text(yaml.safe_dump(text))
+    assert main(["run", str(config)]) == 0
+    note = read_output(tmp_path / "out" / "lst_20240601.nc").attrs["downscale_std_calibration"]
+    assert note.startswith("wald: scale ") and "5 station value(s)" in note
+    assert "std calibrated by the Wald protocol" in (tmp_path / "out" / "run.log").read_text()
+
+
 def test_local_cluster_gives_the_synchronous_output(tmp_path):
     sync = make_config(tmp_path / "a", days=2)
     assert main(["run", str(sync)]) == 0
@@ -342,6 +399,29 @@ def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, capsys):
         (lambda c: c["outputs"].update(variables=["mean", "sdt"]), r"Did you mean 'std'\?"),
         (lambda c: c["model"]["parameters"].update(trend="forest"), r"trend must be one of"),
         (lambda c: c["inputs"].update(start="yesterday-ish"), r"'inputs.start' must be a date"),
+        (
+            lambda c: c.update(calibration={"crs": "EPSG:32632"}),
+            r"the 'calibration' section needs 'calibration.stations'",
+        ),
+        (
+            lambda c: c.update(calibration={"stations": "example/stations.csv", "noise": -1}),
+            r"'calibration.noise' must be a standard deviation \(>= 0\)",
+        ),
+        (
+            lambda c: (
+                c.update(calibration={"stations": "example/stations.csv"}),
+                c["outputs"].update(variables=["mean"]),
+            ),
+            r"'calibration' calibrates the std of a Downscaler at the stations, but 'outputs.variables' "
+            r"\(\['mean'\]\) has no 'std'",
+        ),
+        (
+            lambda c: (
+                c.update(calibration={"stations": "example/stations.csv"}),
+                c["model"]["parameters"].update(calibrate_std=False),
+            ),
+            r"model.parameters.calibrate_std is false",
+        ),
     ],
 )
 def test_config_errors_name_the_key_and_the_fix(tmp_path, capsys, edit, match):
