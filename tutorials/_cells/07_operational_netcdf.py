@@ -243,6 +243,58 @@ pd.DataFrame({"downscale run": table.loc["overall"], "bilinear": baseline.loc["o
     ["n", "rmse", "bias", "r", "kge"]].round(3)
 
 # %% [markdown]
+# ## Calibrating the standard deviation at stations
+#
+# By default each day's `std` is calibrated by the Wald protocol (tutorial 02): one level up, where
+# the coarse field is the truth. That cannot see the error inside a coarse cell. Stations can: a
+# `calibration` section makes every step scale its `std` so that 90 % intervals hold 90 % of that
+# day's station values (split conformal prediction), with the stations' own measurement `noise` left
+# out of the pixel's std. We calibrate at half of the stations and keep the other half to validate;
+# the same stations for both would check the intervals in-sample.
+
+# %%
+ids = sorted(scene.stations["station_id"].unique())
+calibration_ids = ids[::2]
+table = scene.stations.assign(x=scene.stations.geometry.x, y=scene.stations.geometry.y)
+columns = ["station_id", "time", "x", "y", "value"]
+table[table["station_id"].isin(calibration_ids)][columns].to_csv(work / "inputs" / "calibration.csv", index=False)
+table[~table["station_id"].isin(calibration_ids)][columns].to_csv(work / "inputs" / "check.csv", index=False)
+calibrated_config = CONFIG.format(directory="output_calibrated").replace(
+    "validation:\n  stations: inputs/stations.csv",
+    "calibration:\n  stations: inputs/calibration.csv\n  crs: EPSG:32632\n  noise: 0.5"
+    "                         # the stations' own error (K)\n\nvalidation:\n  stations: inputs/check.csv",
+)
+(work / "run_calibrated.yaml").write_text(calibrated_config)
+print(calibrated_config[calibrated_config.index("calibration:"):calibrated_config.index("dask:")])
+exit_code = downscale_cli(["run", str(work / "run_calibrated.yaml")])
+
+# %% [markdown]
+# The summary says what set each day's std. Judged at the check stations (with their 0.5 K noise)
+# and against the full truth, which this synthetic scene has:
+
+# %%
+check = ds.validation.read_stations(work / "inputs" / "check.csv", crs="EPSG:32632")
+rows = {}
+for label, folder in {"Wald protocol": "output", "stations": "output_calibrated"}.items():
+    days = xr.concat([ds.io.read_netcdf(p) for p in sorted((work / folder).glob("lst_*.nc"))], dim="time")
+    error = np.abs(check["value"].to_numpy() - ds.validation.extract_at_points(days["lst"], check))
+    sigma = ds.validation.extract_at_points(days["lst_std"], check)
+    inside_truth = np.abs(scene.truth - days["lst"]) <= 1.6449 * days["lst_std"]
+    rows[label] = {
+        "check stations inside": np.mean(error <= 1.6449 * np.sqrt(sigma**2 + 0.5**2)),
+        "truth pixels inside": float(inside_truth.where(scene.mask).mean()),
+        "median std (K)": float(days["lst_std"].median()),
+    }
+pd.DataFrame(rows).T.round(2)
+
+# %% [markdown]
+# On this scene the Wald protocol shrinks the std far too much: its 90 % intervals hold about half of
+# the truth pixels and under three quarters of the check stations. Calibrated at 20 stations a day,
+# they hold 93 % of the check stations and 89 % of the truth pixels. The daily scale is noisy, though
+# (0.45 to 1.72 here): with 20 values the 90 % conformal rank is the 19th of 20. More stations per
+# step give a steadier scale.
+
+# %% [markdown]
 # ## What could go wrong?
 #
 # **A typo in the configuration.** Unknown keys are refused with a suggestion, before any work starts
