@@ -84,7 +84,9 @@ def positive_control():
             model = Downscaler(trend=name, calibrate_std=False).fit(scene.coarse, X[used], mask=mask)
             single[name] = rmse(model.predict(X[used]), scene.truth)
             if name != "none":
-                model = Downscaler(trend=name, calibrate_std=False, min_retention=0).fit(scene.coarse, X, mask=mask)
+                model = Downscaler(trend=name, calibrate_std=False, min_retention=0).fit(
+                    scene.coarse, X, mask=mask
+                )
                 every[name] = rmse(model.predict(X), scene.truth)
         bilinear = rmse(ds.grid.upsample(scene.coarse, scene.factor, "bilinear"), scene.truth)
         chosen = f"{auto.selected_trend_} ({auto.trend_weight_:.2f})"

@@ -32,9 +32,13 @@ QUICK = {"bench_kriging.py", "bench_run.py", "bench_unet.py"}
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help="benchmarks to run, e.g. 'kriging' for bench_kriging.py (default: all)")
+    parser.add_argument(
+        "names", nargs="*", help="benchmarks to run, e.g. 'kriging' for bench_kriging.py (default: all)"
+    )
     parser.add_argument("--quick", action="store_true", help="pass --quick to the scripts that have it")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per script (default 3600)")
+    parser.add_argument(
+        "--timeout", type=float, default=3600, help="seconds allowed per script (default 3600)"
+    )
     args = parser.parse_args(argv)
 
     scripts = sorted(HERE.glob("bench_*.py"))
@@ -42,7 +46,9 @@ def main(argv=None) -> int:
         wanted = {f"bench_{name.removeprefix('bench_').removesuffix('.py')}.py" for name in args.names}
         unknown = wanted - {script.name for script in scripts}
         if unknown:
-            parser.error(f"no such benchmark: {', '.join(sorted(unknown))}; have {', '.join(s.name for s in scripts)}")
+            parser.error(
+                f"no such benchmark: {', '.join(sorted(unknown))}; have {', '.join(s.name for s in scripts)}"
+            )
         scripts = [script for script in scripts if script.name in wanted]
 
     summary = []

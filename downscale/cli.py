@@ -82,7 +82,9 @@ def _parser():
         choices=["lst", "precipitation", "no2", "soil_moisture"],
         help="which synthetic scene to downscale (default: lst)",
     )
-    demo.add_argument("--output", "-o", default="downscale_demo", help="output folder (default: ./downscale_demo)")
+    demo.add_argument(
+        "--output", "-o", default="downscale_demo", help="output folder (default: ./downscale_demo)"
+    )
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic scene (default: 0)")
     demo.add_argument(
         "--trend",
@@ -135,10 +137,16 @@ def _parser():
         "a report with scores, confidence intervals and figures.",
     )
     validate.add_argument("prediction", help="downscaled netCDF file")
-    validate.add_argument("stations", help="stations file: CSV with x/y (or lon/lat) and value columns, GPKG or GeoJSON")
-    validate.add_argument("--variable", default=None, help="variable in the netCDF file (default: the only one)")
+    validate.add_argument(
+        "stations", help="stations file: CSV with x/y (or lon/lat) and value columns, GPKG or GeoJSON"
+    )
+    validate.add_argument(
+        "--variable", default=None, help="variable in the netCDF file (default: the only one)"
+    )
     validate.add_argument("--value-column", default="value", help="column of station values (default: value)")
-    validate.add_argument("--output", "-o", default=None, help="report folder (default: next to the prediction)")
+    validate.add_argument(
+        "--output", "-o", default=None, help="report folder (default: next to the prediction)"
+    )
 
     info = commands.add_parser("info", help="describe a netCDF file: grid, CRS, times, variables")
     info.add_argument("path", help="netCDF file")
@@ -196,12 +204,16 @@ def describe_file(path) -> str:
     with xr.open_dataset(path, decode_coords="all") as data:
         lines = [f"{path}"]
         crs = grid_module.get_crs(data)
-        lines.append(f"  CRS: {crs.to_string() if crs is not None else 'none (declare one with rio.write_crs)'}")
+        lines.append(
+            f"  CRS: {crs.to_string() if crs is not None else 'none (declare one with rio.write_crs)'}"
+        )
         for axis in ("y", "x"):
             if axis in data.coords:
                 values = data[axis].values
                 step = (values[-1] - values[0]) / max(len(values) - 1, 1)
-                lines.append(f"  {axis}: {len(values)} cells from {values[0]:.6g} to {values[-1]:.6g}, step {step:.6g}")
+                lines.append(
+                    f"  {axis}: {len(values)} cells from {values[0]:.6g} to {values[-1]:.6g}, step {step:.6g}"
+                )
         if "time" in data.coords:
             times = data["time"].values
             lines.append(f"  time: {len(np.atleast_1d(times))} steps from {np.min(times)} to {np.max(times)}")
@@ -231,8 +243,10 @@ def _demo(args) -> int:
     step(f"Making the synthetic {args.variable} scene (seed {args.seed})")
     scene = ds.datasets.synthetic_scene(args.variable, seed=args.seed)
     factor = scene.factor
-    step(f"  coarse {scene.coarse.sizes['y']} x {scene.coarse.sizes['x']} cells -> fine "
-         f"{scene.truth.sizes['y']} x {scene.truth.sizes['x']} cells (factor {factor})")
+    step(
+        f"  coarse {scene.coarse.sizes['y']} x {scene.coarse.sizes['x']} cells -> fine "
+        f"{scene.truth.sizes['y']} x {scene.truth.sizes['x']} cells (factor {factor})"
+    )
     step("Building covariates (terrain, NDVI, location)")
     covariates = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
     step(f"  {len(covariates.data_vars)} covariates: {', '.join(covariates.data_vars)}")
@@ -267,8 +281,10 @@ def _demo(args) -> int:
     else:
         chosen = None
     if args.calibrate == "stations":
-        step(f"  std calibrated at {model.std_scale_stations_} stations (factor {model.std_scale_:.2f}); "
-             f"the other {len(check_stations)} check it")
+        step(
+            f"  std calibrated at {model.std_scale_stations_} stations (factor {model.std_scale_:.2f}); "
+            f"the other {len(check_stations)} check it"
+        )
     elif args.calibrate == "wald":
         step(f"  std calibrated by the Wald protocol (factor {model.std_scale_:.2f})")
     step("Predicting the fine field and its uncertainty")
@@ -285,7 +301,10 @@ def _demo(args) -> int:
     back = ds.grid.block_mean(fine, factor)
     cells = np.isfinite(scene.coarse.values) & np.isfinite(back.values)
     coherence = float(
-        np.max(np.abs(back.values[cells] - scene.coarse.values[cells]) / np.maximum(np.abs(scene.coarse.values[cells]), 1e-12))
+        np.max(
+            np.abs(back.values[cells] - scene.coarse.values[cells])
+            / np.maximum(np.abs(scene.coarse.values[cells]), 1e-12)
+        )
     )
     z = 1.6448536269514722
     inside = np.abs(truth.values - fine.values) <= z * std.values
@@ -310,7 +329,12 @@ def _demo(args) -> int:
     fine_path = ds.io.write_netcdf(
         output_data,
         output / "fine.nc",
-        parameters={"command": "downscale demo", "variable": args.variable, "seed": args.seed, **model.get_params(deep=False)},
+        parameters={
+            "command": "downscale demo",
+            "variable": args.variable,
+            "seed": args.seed,
+            **model.get_params(deep=False),
+        },
     )
     step("Drawing maps.png")
     figure = ds.plot.plot_maps(
@@ -332,7 +356,8 @@ def _demo(args) -> int:
     notes = [
         f"Synthetic {truth.attrs.get('long_name', args.variable)} scene, seed {args.seed}: "
         f"{scene.coarse.sizes['y']} x {scene.coarse.sizes['x']} coarse cells downscaled {factor}x.",
-        f"Model: `{model!r}`" + (f"; trend chosen by spatial cross-validation: **{chosen}**" if chosen is not None else ""),
+        f"Model: `{model!r}`"
+        + (f"; trend chosen by spatial cross-validation: **{chosen}**" if chosen is not None else ""),
         f"RMSE against the fine truth: downscaled {rmse_fine:.4g} {units}, bilinear interpolation "
         f"{rmse_bilinear:.4g} {units} (ratio {rmse_fine / rmse_bilinear:.3f}).",
         f"Coherence error (max relative difference of block means from the coarse input): {coherence:.2e}.",
@@ -361,8 +386,10 @@ def _demo(args) -> int:
         title=f"downscale demo: {args.variable}",
         notes=notes,
     )
-    step(f"RMSE against truth: downscaled {rmse_fine:.4g} vs bilinear {rmse_bilinear:.4g} "
-         f"({rmse_fine / rmse_bilinear:.2f}x); coherence error {coherence:.1e}; 90% interval coverage {coverage:.0%}")
+    step(
+        f"RMSE against truth: downscaled {rmse_fine:.4g} vs bilinear {rmse_bilinear:.4g} "
+        f"({rmse_fine / rmse_bilinear:.2f}x); coherence error {coherence:.1e}; 90% interval coverage {coverage:.0%}"
+    )
     print(f"\nWrote:\n  {fine_path}\n  {maps_path}\n  {report_path}")
     return 0
 

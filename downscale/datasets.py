@@ -182,7 +182,9 @@ def _station_table(truth, mask, n_stations, noise_std, rng, bounds, crs):
             observed = np.maximum(observed, low)
         if high is not None:
             observed = np.minimum(observed, high)
-        frame = pd.DataFrame({"station_id": station_ids, "x": x, "y": y, "value": observed, "noise_std": spread})
+        frame = pd.DataFrame(
+            {"station_id": station_ids, "x": x, "y": y, "value": observed, "noise_std": spread}
+        )
         if time is not None:
             frame.insert(1, "time", time)
         records.append(frame)
@@ -264,9 +266,7 @@ def synthetic_scene(
     """
     variable = _ALIASES.get(variable, variable)
     if variable not in VARIABLES:
-        raise ValueError(
-            f"Unknown variable {variable!r}; expected one of {sorted(VARIABLES)}."
-        )
+        raise ValueError(f"Unknown variable {variable!r}; expected one of {sorted(VARIABLES)}.")
     ny, nx = (int(n) for n in shape)
     if ny % factor or nx % factor:
         raise ValueError(
@@ -311,10 +311,15 @@ def synthetic_scene(
             intensity = _gaussian_field((ny, nx), 15 * length, rng)
             wind_facing = np.clip(-southness, -1, 1)  # slopes facing the (southerly) moist flow
             wet = storm + 0.25 * z_km > np.quantile(storm, 0.35)
-            amount = 4.0 * np.exp(0.7 * intensity + 0.5 * storm) * (1 + 0.6 * z_km) * (
-                1 + 0.2 * wind_facing * np.clip(slope * 5, 0, 1)
+            amount = (
+                4.0
+                * np.exp(0.7 * intensity + 0.5 * storm)
+                * (1 + 0.6 * z_km)
+                * (1 + 0.2 * wind_facing * np.clip(slope * 5, 0, 1))
             )
-            values = np.where(wet, amount * np.clip(storm + 0.25 * z_km - np.quantile(storm, 0.35), 0, 0.5) / 0.5, 0.0)
+            values = np.where(
+                wet, amount * np.clip(storm + 0.25 * z_km - np.quantile(storm, 0.35), 0, 0.5) / 0.5, 0.0
+            )
         elif variable == "no2":
             values = np.full((ny, nx), 20.0)
             yy, xx = np.mgrid[0:ny, 0:nx].astype(float)
@@ -325,8 +330,10 @@ def synthetic_scene(
                 along = dx * np.cos(wind) + dy * np.sin(wind)
                 across = -dx * np.sin(wind) + dy * np.cos(wind)
                 width = 4 * length + 0.15 * np.clip(along, 0, None)
-                plume = np.exp(-(across**2) / (2 * width**2)) * np.exp(-np.clip(along, 0, None) / (40 * length))
-                plume *= np.exp(-np.clip(-along, 0, None) ** 2 / (2 * (4 * length) ** 2))
+                plume = np.exp(-(across**2) / (2 * width**2)) * np.exp(
+                    -np.clip(along, 0, None) / (40 * length)
+                )
+                plume *= np.exp(-(np.clip(-along, 0, None) ** 2) / (2 * (4 * length) ** 2))
                 values += rng.uniform(100, 300) * plume * (4 * length) / width
             values = values * np.exp(-z_km / 1.5) * np.exp(0.08 * rng.standard_normal((ny, nx)))
         else:  # soil moisture
@@ -351,8 +358,12 @@ def synthetic_scene(
     truth = grid_module.set_crs(xr.DataArray(data, dims=dims, coords=coords, name=variable, attrs=attrs), crs)
     coarse = grid_module.block_mean(truth, factor, min_valid=0.5)
     if coarse_noise > 0:
-        noisy = coarse.values + coarse_noise * float(np.nanstd(truth.values)) * rng.standard_normal(coarse.shape)
-        coarse = coarse.copy(data=np.clip(noisy, low if low is not None else -np.inf, high if high is not None else np.inf))
+        noisy = coarse.values + coarse_noise * float(np.nanstd(truth.values)) * rng.standard_normal(
+            coarse.shape
+        )
+        coarse = coarse.copy(
+            data=np.clip(noisy, low if low is not None else -np.inf, high if high is not None else np.inf)
+        )
     coarse.attrs = dict(attrs)
 
     spatial = {"y": template["y"], "x": template["x"]}

@@ -41,7 +41,9 @@ def _extent(x, y):
     return [min(x) - half_x, max(x) + half_x, min(y) - half_y, max(y) + half_y]
 
 
-def plot_maps(fields, *, ncols=None, share=None, cmap="viridis", stations=None, figsize_per_panel=4.0, suptitle=None):
+def plot_maps(
+    fields, *, ncols=None, share=None, cmap="viridis", stations=None, figsize_per_panel=4.0, suptitle=None
+):
     """Plot several fields side by side, each with labelled axes and a colour bar.
 
     Parameters
@@ -110,7 +112,9 @@ def plot_maps(fields, *, ncols=None, share=None, cmap="viridis", stations=None, 
         fig.colorbar(image, ax=ax, shrink=0.8, label=label_of(da))
         if stations is not None and title in share and len(stations):
             scale = 1.0 if grid_module.is_geographic(da) else 1000.0
-            ax.plot(stations.geometry.x / scale, stations.geometry.y / scale, "k.", markersize=3, label="stations")
+            ax.plot(
+                stations.geometry.x / scale, stations.geometry.y / scale, "k.", markersize=3, label="stations"
+            )
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     if suptitle:

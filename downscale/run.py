@@ -1128,7 +1128,9 @@ def _step_tiles(coarse, X, parameters, mask, tile, variables, calibration=None):
     model = Downscaler(**dict(parameters or {}))
     if calibration is not None:
         if "std" not in variables or "mean" not in variables:
-            raise ValueError(f"A calibration at stations needs the 'mean' and 'std' outputs, got {variables}.")
+            raise ValueError(
+                f"A calibration at stations needs the 'mean' and 'std' outputs, got {variables}."
+            )
         model.set_params(calibrate_std=False)  # the stations calibrate instead of the Wald protocol
     if mask is not None:
         mask = mask.astype(bool) if hasattr(mask, "astype") else mask
@@ -1273,7 +1275,9 @@ def _calibrate_at_stations(model, tasks, wanted, stations, wald_inputs):
         inside &= (stations.cols >= fx.start) & (stations.cols < fx.stop)
         if inside.any():
             holding.append((k, np.flatnonzero(inside)))
-    computed = dict(zip([k for k, _ in holding], dask.compute(*[tasks[k][2] for k, _ in holding]), strict=True))
+    computed = dict(
+        zip([k for k, _ in holding], dask.compute(*[tasks[k][2] for k, _ in holding]), strict=True)
+    )
     predicted = np.full(stations.observed.size, np.nan)
     spread = np.full(stations.observed.size, np.nan)
     for k, members in holding:
@@ -1282,7 +1286,9 @@ def _calibrate_at_stations(model, tasks, wanted, stations, wald_inputs):
         predicted[members] = computed[k][i_mean, r, c]
         spread[members] = computed[k][i_std, r, c]
     try:
-        scale, n = conformal_scale(stations.observed, predicted, spread, CALIBRATION_COVERAGE, noise=stations.noise)
+        scale, n = conformal_scale(
+            stations.observed, predicted, spread, CALIBRATION_COVERAGE, noise=stations.noise
+        )
         note = f"stations: scale {scale:.4g} from {n} values"
     except ValueError as error:
         scale = model._wald_scale(*wald_inputs)

@@ -25,7 +25,13 @@ def test_no_command_prints_help(capsys):
 def test_info_describes_grid_crs_and_variables(tmp_path, capsys):
     g = grid.make_grid((3, 4), 1000.0, origin=(0.0, 0.0), crs="EPSG:32632")
     data = xr.Dataset(
-        {"lst": (("time", "y", "x"), np.zeros((2, 3, 4)), {"units": "K", "long_name": "land surface temperature"})},
+        {
+            "lst": (
+                ("time", "y", "x"),
+                np.zeros((2, 3, 4)),
+                {"units": "K", "long_name": "land surface temperature"},
+            )
+        },
         coords={"time": np.array(["2024-06-01", "2024-06-02"], dtype="datetime64[ns]"), **g.coords},
     )
     path = tmp_path / "a.nc"

@@ -271,13 +271,17 @@ def test_stations_given_to_fit_calibrate_the_std_by_split_conformal(scenes):
     assert model.std_scale_ == pytest.approx(ratios[rank - 1], rel=1e-12)
     _, std = model.predict(X, return_std=True)
     np.testing.assert_allclose(std.values, model.std_scale_ * std_raw.values, rtol=1e-12)
-    inside = np.abs(observed[ok] - predicted[ok]) <= 1.6448536269514722 * (model.std_scale_ * spread[ok]) * (1 + 1e-12)
+    inside = np.abs(observed[ok] - predicted[ok]) <= 1.6448536269514722 * (model.std_scale_ * spread[ok]) * (
+        1 + 1e-12
+    )
     assert inside.sum() >= rank
     # A station noise is left out of the pixel's std, as calibrate_std does it.
     noisy = Downscaler(trend="linear").fit(
         scene.coarse, X, mask=scene.mask, stations=scene.stations, station_noise="noise_std"
     )
-    expected = ds.validation.calibrate_std(fine, std_raw, scene.stations, noise="noise_std").attrs["std_scale"]
+    expected = ds.validation.calibrate_std(fine, std_raw, scene.stations, noise="noise_std").attrs[
+        "std_scale"
+    ]
     assert noisy.std_scale_ == pytest.approx(expected, rel=1e-12) and noisy.std_scale_ < model.std_scale_
     # Without stations the Wald protocol sets the scale; with calibrate_std=False nothing does.
     assert Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask).std_calibration_ == "wald"
@@ -286,21 +290,31 @@ def test_stations_given_to_fit_calibrate_the_std_by_split_conformal(scenes):
 
 def test_stations_in_fit_need_calibrate_std_and_enough_values(scenes):
     scene, X = scenes["soil_moisture"]
-    with pytest.warns(UserWarning, match="stations are only used to calibrate the standard deviation, and "
-                      "calibrate_std=False: they are ignored"):
+    with pytest.warns(
+        UserWarning,
+        match="stations are only used to calibrate the standard deviation, and "
+        "calibrate_std=False: they are ignored",
+    ):
         model = Downscaler(trend="linear", calibrate_std=False).fit(
             scene.coarse, X, mask=scene.mask, stations=scene.stations
         )
     assert model.std_scale_ == 1.0
-    with pytest.raises(ValueError, match="station_noise was given without stations: pass the stations it describes"):
+    with pytest.raises(
+        ValueError, match="station_noise was given without stations: pass the stations it describes"
+    ):
         Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask, station_noise=0.02)
-    with pytest.raises(ValueError, match=r"5 station value\(s\) with a prediction and a positive std: a 90% "
-                       r"interval needs at least 9"):
+    with pytest.raises(
+        ValueError,
+        match=r"5 station value\(s\) with a prediction and a positive std: a 90% "
+        r"interval needs at least 9",
+    ):
         Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations.iloc[:5])
 
 
 def test_stations_with_a_time_column_calibrate_a_time_series():
-    scene = ds.datasets.synthetic_scene("lst", seed=2, shape=(100, 100), factor=FACTOR, n_times=2, n_stations=15)
+    scene = ds.datasets.synthetic_scene(
+        "lst", seed=2, shape=(100, 100), factor=FACTOR, n_times=2, n_stations=15
+    )
     X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, tpi_radii=(5000.0,))
     model = Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations)
     assert model.std_calibration_ == "stations"

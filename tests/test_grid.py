@@ -140,18 +140,24 @@ def test_nesting_factor_and_errors():
     with pytest.raises(ValueError, match=r"do not nest along 'y'.*24.5 times the fine cell size 1000"):
         grid.nesting_factor(wrong_size, fine)
     shifted = coarse.assign_coords(x=coarse.x + 500.0)
-    with pytest.raises(ValueError, match=r"do not nest along 'x': the coarse cell edges are shifted by 0.5 fine"):
+    with pytest.raises(
+        ValueError, match=r"do not nest along 'x': the coarse cell edges are shifted by 0.5 fine"
+    ):
         grid.nesting_factor(shifted, fine)
     other_crs = grid.set_crs(coarse, "EPSG:3035")
     with pytest.raises(ValueError, match=r"different CRS \(EPSG:3035 vs EPSG:32632\).*to_nested"):
         grid.nesting_factor(other_crs, fine)
     cropped = fine.isel(x=slice(0, 90))
-    with pytest.raises(ValueError, match=r"4 coarse cells x factor 25 = 100 fine cells, but the fine grid has 90"):
+    with pytest.raises(
+        ValueError, match=r"4 coarse cells x factor 25 = 100 fine cells, but the fine grid has 90"
+    ):
         grid.nesting_factor(coarse, cropped)
 
 
 def test_check_grid_errors():
-    with pytest.raises(ValueError, match=r"must have spatial dimensions \('y', 'x'\); it has \('lat', 'lon'\)"):
+    with pytest.raises(
+        ValueError, match=r"must have spatial dimensions \('y', 'x'\); it has \('lat', 'lon'\)"
+    ):
         grid.check_grid(xr.DataArray(np.zeros((2, 2)), dims=("lat", "lon")))
     with pytest.raises(ValueError, match="has no 'x' coordinate"):
         grid.check_grid(xr.DataArray(np.zeros((2, 2)), dims=("y", "x"), coords={"y": [0, 1]}))
@@ -164,7 +170,9 @@ def test_check_grid_errors():
     with pytest.raises(ValueError, match="has no CRS"):
         grid.check_grid(grid.make_grid((2, 2), 1.0), require_crs=True)
     with pytest.raises(ValueError, match=r"last two dimensions"):
-        grid.check_grid(xr.DataArray(np.zeros((2, 2, 2)), dims=("y", "x", "time"), coords={"y": [0, 1], "x": [0, 1]}))
+        grid.check_grid(
+            xr.DataArray(np.zeros((2, 2, 2)), dims=("y", "x", "time"), coords={"y": [0, 1], "x": [0, 1]})
+        )
 
 
 def test_jittered_float32_coordinates_count_as_regular():
@@ -194,7 +202,9 @@ def test_upsample_nearest_is_coherent_and_bilinear_reproduces_linear_fields():
     np.testing.assert_allclose(grid.block_mean(up, 4).values, linear.values)
     bilinear = grid.upsample(linear, 4, "bilinear")
     inner = bilinear.isel(y=slice(2, -2), x=slice(2, -2))
-    np.testing.assert_allclose(inner.values, (inner.x * 0.5 - inner.y * 2.0).transpose("y", "x").values, atol=1e-12)
+    np.testing.assert_allclose(
+        inner.values, (inner.x * 0.5 - inner.y * 2.0).transpose("y", "x").values, atol=1e-12
+    )
 
 
 def test_pixel_table_round_trip_with_time_and_mask():

@@ -100,7 +100,9 @@ def test_tiled_step_with_the_default_selects_the_trend_as_in_memory():
         warnings.simplefilter("ignore")
         model = ds.Downscaler().fit(scene.coarse, X, mask=scene.mask)
         tiled_model = _fit_tiled(ds.Downscaler(), scene.coarse, X, scene.mask, 7)
-        tiled = downscale_step(scene.coarse, X, {}, mask=scene.mask, tile=7, variables=["mean", "std"]).compute()
+        tiled = downscale_step(
+            scene.coarse, X, {}, mask=scene.mask, tile=7, variables=["mean", "std"]
+        ).compute()
         fine, std = model.predict(X, return_std=True)
     np.testing.assert_allclose(tiled_model.retention_, model.retention_, rtol=1e-9)
     # The scene has covariates whose block means keep little of their spread: some are left out.
@@ -205,7 +207,9 @@ def test_a_run_calibrates_the_std_at_the_stations_as_the_in_memory_downscaler(tm
     mask = land.astype(bool).assign_coords(y=X["y"], x=X["x"])
     for day in DAYS[:2]:
         result = read_output(out / f"lst_{day}.nc")
-        coarse = xr.open_dataset(tmp_path / "example" / "coarse" / f"lst_{day}.nc", decode_coords="all")["lst"]
+        coarse = xr.open_dataset(tmp_path / "example" / "coarse" / f"lst_{day}.nc", decode_coords="all")[
+            "lst"
+        ]
         coarse = coarse.isel(time=0, drop=True).load()
         today = stations[stations["time"] == f"{day[:4]}-{day[4:6]}-{day[6:]}"]
         with warnings.catch_warnings():
@@ -215,8 +219,13 @@ def test_a_run_calibrates_the_std_at_the_stations_as_the_in_memory_downscaler(tm
             )
             fine, std = model.predict(X, return_std=True)
         assert model.std_scale_stations_ == 40
-        assert result.attrs["downscale_std_calibration"] == f"stations: scale {model.std_scale_:.4g} from 40 values"
-        np.testing.assert_allclose(result["lst"].values[0], fine.values, rtol=1e-12, atol=1e-10, equal_nan=True)
+        assert (
+            result.attrs["downscale_std_calibration"]
+            == f"stations: scale {model.std_scale_:.4g} from 40 values"
+        )
+        np.testing.assert_allclose(
+            result["lst"].values[0], fine.values, rtol=1e-12, atol=1e-10, equal_nan=True
+        )
         np.testing.assert_allclose(result["lst_std"].values[0], std.values, rtol=1e-12, equal_nan=True)
 
     # Other stations (here: another noise) make another std: the outputs are redone, not skipped.

@@ -277,7 +277,9 @@ def test_calibrate_std_makes_intervals_cover_the_station_values():
     X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fine, std = ds.Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask).predict(X, return_std=True)
+        fine, std = (
+            ds.Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask).predict(X, return_std=True)
+        )
     valid = np.isfinite(scene.truth.values)
     error = np.abs(fine.values - scene.truth.values)[valid]
 
@@ -303,7 +305,9 @@ def test_calibrate_std_errors():
 
     field = xr.DataArray(np.zeros((2, 2)), dims=("y", "x"), coords={"y": [1.5, 0.5], "x": [0.5, 1.5]})
     std = xr.ones_like(field)
-    points = gpd.GeoDataFrame({"value": [1.0, 2.0, 3.0]}, geometry=gpd.points_from_xy([0.5, 1.5, 0.5], [1.5, 1.5, 0.5]))
+    points = gpd.GeoDataFrame(
+        {"value": [1.0, 2.0, 3.0]}, geometry=gpd.points_from_xy([0.5, 1.5, 0.5], [1.5, 1.5, 0.5])
+    )
     with pytest.raises(ValueError, match=r"3 station value\(s\) .* a 90% interval needs at least 9"):
         calibrate_std(field, std, points)
     assert calibrate_std(field, std, points, coverage=0.5).attrs["std_scale_stations"] == 3
@@ -333,10 +337,14 @@ def test_conformal_scale_with_station_noise_leaves_the_noise_out_of_the_pixel_st
     assert (scale, n) == (pytest.approx(4.0), 10)
     assert conformal_scale(errors, np.zeros(10), spread)[0] == pytest.approx(5.0)  # 10 / 2 without the noise
     # The same through calibrate_std, with the noise as a column of the stations or as one number.
-    field = xr.DataArray(np.zeros((2, 10)), dims=("y", "x"), coords={"y": [1.5, 0.5], "x": np.arange(10) + 0.5})
+    field = xr.DataArray(
+        np.zeros((2, 10)), dims=("y", "x"), coords={"y": [1.5, 0.5], "x": np.arange(10) + 0.5}
+    )
     points = gpd.GeoDataFrame(
         {"value": errors, "sigma": noise}, geometry=gpd.points_from_xy(np.arange(10) + 0.5, np.full(10, 0.5))
     )
     std = xr.full_like(field, 2.0 / z)
     assert calibrate_std(field, std, points, noise="sigma").attrs["std_scale"] == pytest.approx(4.0)
-    assert calibrate_std(field, std, points, noise=8.0 / z).attrs["std_scale"] == pytest.approx(3.0)  # sqrt(100-64)/2
+    assert calibrate_std(field, std, points, noise=8.0 / z).attrs["std_scale"] == pytest.approx(
+        3.0
+    )  # sqrt(100-64)/2

@@ -62,7 +62,9 @@ def test_correction_is_exact_and_within_bounds(rng, bounds, geographic):
     hi = 15.0 if high is None else high
     span = hi - lo
     prediction = lo + span * rng.uniform(size=(grid.sizes["y"], grid.sizes["x"])) ** 2
-    prediction[:factor, :factor] = lo if low is not None else prediction[:factor, :factor]  # a block at the bound
+    prediction[:factor, :factor] = (
+        lo if low is not None else prediction[:factor, :factor]
+    )  # a block at the bound
     fine = xr.DataArray(prediction, dims=("y", "x"), coords=grid.coords)
     fine = ds.grid.set_crs(fine, ds.grid.get_crs(grid))
     coarse = ds.grid.block_mean(fine, factor).copy()
@@ -98,7 +100,9 @@ def test_dry_pixels_stay_dry_and_nan_stays_nan(rng):
 
 def test_nan_coarse_cells_leave_blocks_unchanged(rng):
     grid, factor = _pair(rng)
-    fine = xr.DataArray(rng.uniform(size=(grid.sizes["y"], grid.sizes["x"])), dims=("y", "x"), coords=grid.coords)
+    fine = xr.DataArray(
+        rng.uniform(size=(grid.sizes["y"], grid.sizes["x"])), dims=("y", "x"), coords=grid.coords
+    )
     coarse = ds.grid.block_mean(fine, factor) + 0.1
     coarse[0, 0] = np.nan
     out = coherent_correction(fine, coarse, (0.0, 1.0))

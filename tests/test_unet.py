@@ -101,7 +101,9 @@ def test_wald_keeps_the_anomalies_that_spread_alike_at_both_scales(lst):
     X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
     model = UNetDownscaler(**TINY).fit(scene.coarse, X, mask=scene.mask)
     used = [n for n, u in zip(model.covariate_names_, model.anomaly_used_, strict=True) if u]
-    ratio = dict(zip(model.covariate_names_, np.divide(model.fine_spread_, model.training_spread_), strict=True))
+    ratio = dict(
+        zip(model.covariate_names_, np.divide(model.fine_spread_, model.training_spread_), strict=True)
+    )
     assert {"elevation", "ndvi"} <= set(used)
     for name in ("profile_curvature", "tpi_1km", "slope", "easting", "lat"):
         assert name not in used

@@ -187,7 +187,9 @@ def test_report_and_calibration_leave_the_known_station_noise_out_of_the_pixel_s
     """
     _, _, prediction, _ = files
     pixel_std = xr.full_like(prediction, NOISE).rename("lst_std")
-    without = write_report(tmp_path / "without", prediction, scene.stations, std=pixel_std, n_boot=50).read_text()
+    without = write_report(
+        tmp_path / "without", prediction, scene.stations, std=pixel_std, n_boot=50
+    ).read_text()
     assert "The intervals are too narrow here" in without
     report = write_report(
         tmp_path / "with", prediction, scene.stations, station_noise="noise_std", std=pixel_std, n_boot=50
@@ -195,6 +197,8 @@ def test_report_and_calibration_leave_the_known_station_noise_out_of_the_pixel_s
     assert "too narrow" not in report and "with the stations' own noise" in report
     share = int(report.split("Uncertainty: ")[1].split("%")[0])
     assert 84 <= share <= 96
-    scale = ds.validation.calibrate_std(prediction, pixel_std, scene.stations, noise="noise_std").attrs["std_scale"]
+    scale = ds.validation.calibrate_std(prediction, pixel_std, scene.stations, noise="noise_std").attrs[
+        "std_scale"
+    ]
     assert 0.8 < scale < 1.25
     assert (scene.stations["noise_std"] == NOISE).all()

@@ -225,4 +225,6 @@ def test_default_lags_stop_at_max_lag_cells():
     small = empirical_variogram(rng.normal(size=(40, 40)), cell_size=1000.0)
     assert small.lags.max() <= 20 * 1000.0 + 1e-6 and small.lags.max() > 15 * 1000.0
     large = empirical_variogram(rng.normal(size=(240, 240)), cell_size=1000.0)
-    assert large.lags.max() <= MAX_LAG_CELLS * 1000.0 + 1e-6 and large.lags.max() > (MAX_LAG_CELLS - 2) * 1000.0
+    assert (
+        large.lags.max() <= MAX_LAG_CELLS * 1000.0 + 1e-6 and large.lags.max() > (MAX_LAG_CELLS - 2) * 1000.0
+    )

@@ -664,7 +664,9 @@ class UNetDownscaler(BaseEstimator):
         # In Wald mode the baseline's shape is seen at another scale in training than in use (see the notes).
         self.baseline_channel_ = self.mode == "supervised"
         # ... and so is every spatial pattern: in Wald mode the network is per pixel (see the notes).
-        self.pointwise_ = self.architecture == "pixel" or (self.architecture == "auto" and self.mode == "wald")
+        self.pointwise_ = self.architecture == "pixel" or (
+            self.architecture == "auto" and self.mode == "wald"
+        )
 
         with self._threads(torch):
             examples = self._training_examples(coarse, X, names, factor, mask_values, y_fine)

@@ -24,7 +24,14 @@ import xarray as xr
 
 from . import metrics
 
-__all__ = ["calibrate_std", "conformal_scale", "extract_at_points", "match_times", "read_stations", "station_scores"]
+__all__ = [
+    "calibrate_std",
+    "conformal_scale",
+    "extract_at_points",
+    "match_times",
+    "read_stations",
+    "station_scores",
+]
 
 _X_NAMES = ("x", "easting", "lon", "longitude", "long", "lng")
 _Y_NAMES = ("y", "northing", "lat", "latitude")
@@ -543,9 +550,17 @@ def conformal_scale(observed, predicted, spread, coverage: float = 0.9, noise=0.
     observed, predicted, spread = (np.asarray(a, dtype=np.float64) for a in (observed, predicted, spread))
     noise = np.broadcast_to(np.asarray(noise, dtype=np.float64), observed.shape)
     if np.any(noise < 0):
-        raise ValueError(f"The station noise must be a standard deviation (>= 0); its least value is {noise.min()!r}.")
+        raise ValueError(
+            f"The station noise must be a standard deviation (>= 0); its least value is {noise.min()!r}."
+        )
     z = float(norm.ppf(0.5 + coverage / 2))
-    ok = np.isfinite(observed) & np.isfinite(predicted) & np.isfinite(spread) & (spread > 0) & np.isfinite(noise)
+    ok = (
+        np.isfinite(observed)
+        & np.isfinite(predicted)
+        & np.isfinite(spread)
+        & (spread > 0)
+        & np.isfinite(noise)
+    )
     excess = np.maximum((observed[ok] - predicted[ok]) ** 2 - (z * noise[ok]) ** 2, 0.0)
     ratios = np.sort(np.sqrt(excess) / (z * spread[ok]))
     n = ratios.size
