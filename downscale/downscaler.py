@@ -239,6 +239,14 @@ class Downscaler(BaseEstimator):
     True
     >>> "profile_curvature" in model.features_used_     # its block means keep 13 % of its spread
     False
+
+    With stations, ``return_std`` is calibrated at them (their own noise left out) instead of by the
+    Wald protocol:
+
+    >>> model = Downscaler(trend="linear").fit(
+    ...     scene.coarse, X, mask=scene.mask, stations=scene.stations, station_noise="noise_std")
+    >>> model.std_calibration_, model.std_scale_stations_
+    ('stations', 40)
     """
 
     def __init__(
