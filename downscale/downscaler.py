@@ -213,7 +213,7 @@ class Downscaler(BaseEstimator):
     std_calibration_ : {"stations", "wald", "none"}
         What set ``std_scale_``: the stations given to :meth:`fit`, the Wald protocol, or nothing.
     std_scale_stations_ : int
-        With stations: how many station values set ``std_scale_``.
+        How many station values set ``std_scale_`` (0 without stations).
 
     Examples
     --------
@@ -506,6 +506,8 @@ class Downscaler(BaseEstimator):
         self
         """
         self._check_parameters()
+        if station_noise is not None and stations is None:
+            raise ValueError("station_noise was given without stations: pass the stations it describes.")
         coarse = self._check_coarse(coarse)
         X, variables = self._check_X(X)
         factor = self._nesting(coarse, X)
@@ -585,8 +587,7 @@ class Downscaler(BaseEstimator):
         self._trend_variance_inputs = (features_coarse, z_coarse, residual.reshape(nt, -1), steps)
         self.std_scale_ = 1.0
         self.std_calibration_ = "none"
-        if station_noise is not None and stations is None:
-            raise ValueError("station_noise was given without stations: pass the stations it describes.")
+        self.std_scale_stations_ = 0
         if stations is not None and not self.calibrate_std:
             warnings.warn(
                 "stations are only used to calibrate the standard deviation, and calibrate_std=False: "

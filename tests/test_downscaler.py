@@ -284,7 +284,8 @@ def test_stations_given_to_fit_calibrate_the_std_by_split_conformal(scenes):
     ]
     assert noisy.std_scale_ == pytest.approx(expected, rel=1e-12) and noisy.std_scale_ < model.std_scale_
     # Without stations the Wald protocol sets the scale; with calibrate_std=False nothing does.
-    assert Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask).std_calibration_ == "wald"
+    wald = Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask)
+    assert (wald.std_calibration_, wald.std_scale_stations_) == ("wald", 0)
     assert raw.std_calibration_ == "none" and raw.std_scale_ == 1.0
 
 
