@@ -1693,7 +1693,13 @@ class CalibrationStations:
                     f"columns {list(stations.columns)}. Give a column or a number (a standard deviation)."
                 )
             noise = pd.to_numeric(stations[noise], errors="coerce").to_numpy(float)[keep]
-        self.noise = np.broadcast_to(np.asarray(noise or 0.0, dtype=np.float64), self.observed.shape)
+            if np.any(noise < 0):
+                raise ConfigError(
+                    f"{config.path}: the column {section.noise!r} named by 'calibration.noise' has negative "
+                    f"values (least {np.nanmin(noise)!r}); it must hold standard deviations (>= 0)."
+                )
+        noise = 0.0 if noise is None else noise
+        self.noise = np.broadcast_to(np.asarray(noise, dtype=np.float64), self.observed.shape)
         times = [item.time for item in items if item.time is not None]
         self.times = None
         if "time" in stations.columns:

@@ -252,6 +252,28 @@ def test_a_step_with_too_few_station_values_is_calibrated_by_the_wald_protocol(t
     assert "std calibrated by the Wald protocol" in (tmp_path / "out" / "run.log").read_text()
 
 
+def test_the_calibration_noise_can_be_a_column_of_the_stations(tmp_path, capsys):
+    shutil.copytree(DATA / "example", tmp_path / "example")
+    lines = (tmp_path / "example" / "stations.csv").read_text().splitlines()
+    with_noise = [lines[0] + ",sigma"] + [line + ",0.5" for line in lines[1:]]
+    (tmp_path / "example" / "noisy.csv").write_text("\n".join(with_noise) + "\n")
+    outputs = {}
+    for noise, stations in ((0.5, "stations.csv"), ("sigma", "noisy.csv")):
+        config = make_config(tmp_path, days=1, outputs__variables=["mean", "std"])
+        text = yaml.safe_load(config.read_text())
+        text["outputs"]["directory"] = f"out_{noise}"
+        text["calibration"] = {"stations": f"example/{stations}", "crs": "EPSG:32632", "noise": noise}
+        config.write_text(yaml.safe_dump(text))
+        assert main(["run", str(config)]) == 0
+        outputs[noise] = read_output(tmp_path / f"out_{noise}" / "lst_20240601.nc")
+    np.testing.assert_array_equal(outputs["sigma"]["lst_std"].values, outputs[0.5]["lst_std"].values)
+    assert outputs["sigma"].attrs["downscale_std_calibration"].startswith("stations: scale")
+    # A negative noise is refused before any work.
+    (tmp_path / "example" / "noisy.csv").write_text("\n".join([with_noise[0], with_noise[1][:-3] + "-1"]) + "\n")
+    assert main(["run", str(config)]) == 2
+    assert "has negative values" in capsys.readouterr().err
+
+
 def test_local_cluster_gives_the_synchronous_output(tmp_path):
     sync = make_config(tmp_path / "a", days=2)
     assert main(["run", str(sync)]) == 0
