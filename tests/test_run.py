@@ -269,7 +269,9 @@ def test_the_calibration_noise_can_be_a_column_of_the_stations(tmp_path, capsys)
     np.testing.assert_array_equal(outputs["sigma"]["lst_std"].values, outputs[0.5]["lst_std"].values)
     assert outputs["sigma"].attrs["downscale_std_calibration"].startswith("stations: scale")
     # A negative noise is refused before any work.
-    (tmp_path / "example" / "noisy.csv").write_text("\n".join([with_noise[0], with_noise[1][:-3] + "-1"]) + "\n")
+    (tmp_path / "example" / "noisy.csv").write_text(
+        "\n".join([with_noise[0], with_noise[1][:-3] + "-1"]) + "\n"
+    )
     assert main(["run", str(config)]) == 2
     assert "has negative values" in capsys.readouterr().err
 
