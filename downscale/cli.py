@@ -147,6 +147,12 @@ def _parser():
     validate.add_argument(
         "--output", "-o", default=None, help="report folder (default: next to the prediction)"
     )
+    validate.add_argument(
+        "--noise",
+        default=None,
+        help="the stations' own error: a standard deviation (e.g. 0.5) or a column name; the interval "
+        "check at the stations then allows for it",
+    )
 
     info = commands.add_parser("info", help="describe a netCDF file: grid, CRS, times, variables")
     info.add_argument("path", help="netCDF file")
@@ -178,6 +184,7 @@ def main(argv=None) -> int:
                 variable=args.variable,
                 value_column=args.value_column,
                 output=args.output,
+                noise=args.noise,
             )
         if args.command == "info":
             print(describe_file(args.path))

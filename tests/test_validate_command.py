@@ -120,6 +120,26 @@ def test_bad_input_is_a_clear_error(files, tmp_path, capsys):
         "downscale validate: error: None of the 200 stations lies inside the grid" in capsys.readouterr().err
     )
     assert cli.main(["validate", str(tmp_path / "missing.nc"), str(csv)]) == 2
+    assert cli.main(["validate", str(path), str(csv), "--noise", "sigma"]) == 2
+    assert "--noise 'sigma' is neither a number nor a column of stations.csv" in capsys.readouterr().err
+
+
+def test_validate_allows_for_the_station_noise(files, tmp_path, capsys):
+    """The file's std is NOISE * sqrt(2), right for station - prediction; with --noise the check adds 0.5 K."""
+    path, csv, _, _ = files
+    reports = {}
+    for option in ([], ["--noise", "0.5"], ["--noise", "noise_std"]):
+        folder = tmp_path / ("report" + "_".join(option))
+        assert cli.main(["validate", str(path), str(csv), "-o", str(folder), *option]) == 0
+        reports[" ".join(option)] = (folder / "report.md").read_text()
+    share = {k: int(r.split("Uncertainty: ")[1].split("%")[0]) for k, r in reports.items()}
+    assert "with the stations' own noise" not in reports[""] and 84 <= share[""] <= 96
+    # std**2 + noise**2 = 3 NOISE**2: intervals sqrt(1.5) too wide, about 96 % inside
+    assert (
+        reports["--noise 0.5"].split("Uncertainty: ")[1]
+        == reports["--noise noise_std"].split("Uncertainty: ")[1]
+    )
+    assert "with the stations' own noise" in reports["--noise 0.5"] and share["--noise 0.5"] > share[""]
 
 
 def test_report_with_model_evidence(scene, tmp_path):

@@ -447,7 +447,9 @@ def _pick_variable(data: xr.Dataset, variable, path):
     return candidates[0]
 
 
-def validate_command(prediction, stations, variable=None, value_column: str = "value", output=None) -> int:
+def validate_command(
+    prediction, stations, variable=None, value_column: str = "value", output=None, noise=None
+) -> int:
     """``downscale validate PRED.nc STATIONS``: score a prediction file against stations and write a report.
 
     Parameters
@@ -464,6 +466,9 @@ def validate_command(prediction, stations, variable=None, value_column: str = "v
         Column of the station observations.
     output : str or Path, optional
         Report folder; default ``<prediction stem>_validation`` next to the prediction file.
+    noise : float or str, optional
+        The stations' own error (a standard deviation, or the name of a column with one per value):
+        the interval check then allows for it (see :func:`write_report`).
 
     Returns
     -------
@@ -490,6 +495,16 @@ def validate_command(prediction, stations, variable=None, value_column: str = "v
             f"The stations file {stations} has no column {value_column!r}; its columns are "
             f"{[c for c in table.columns if c != 'geometry']}. Pass --value-column NAME."
         )
+    if isinstance(noise, str):
+        try:
+            noise = float(noise)
+        except ValueError:
+            if noise not in table.columns:
+                raise ValueError(
+                    f"--noise {noise!r} is neither a number nor a column of {Path(stations).name} (its columns "
+                    f"are {[c for c in table.columns if c != 'geometry']}). Give the stations' error as a "
+                    f"standard deviation (e.g. --noise 0.5) or name its column."
+                ) from None
     grid_crs = grid_module.get_crs(field)
     if table.crs is None and grid_crs is not None:
         table = table.set_crs(grid_crs)
@@ -506,6 +521,7 @@ def validate_command(prediction, stations, variable=None, value_column: str = "v
         field,
         table,
         value_column=value_column,
+        station_noise=noise,
         std=std,
         aoa=aoa.astype(bool) if aoa is not None else None,
         dissimilarity=dissimilarity,
