@@ -77,3 +77,13 @@ def test_demo_writes_cf_netcdf_map_and_report(tmp_path, capsys):
     assert "RMSE against the fine truth" in report and "![maps](maps.png)" in report
     assert "the station scores below are of the other 20" in report
     assert "20 station values lie inside the 90 % prediction interval of a station value" in report
+
+
+def test_demo_can_calibrate_by_the_wald_protocol_instead(tmp_path, capsys):
+    output = tmp_path / "demo"
+    assert cli.main(["demo", "--output", str(output), "--calibrate", "wald"]) == 0
+    printed = capsys.readouterr().out
+    assert "std calibrated by the Wald protocol (factor" in printed and "stations (factor" not in printed
+    report = (output / "report.md").read_text()
+    assert "std calibrated by the Wald protocol, factor" in report
+    assert "40 station values lie inside" in report  # every station checks it: none calibrated it
