@@ -1668,7 +1668,13 @@ class CalibrationStations:
     """The stations of ``calibration.stations`` placed on the fine grid once; :meth:`at` picks a step's values."""
 
     def __init__(self, config, X, items):
-        from .validation.stations import _axis_positions, _default_tolerance, _to_grid_crs, read_stations
+        from .validation.stations import (
+            _axis_positions,
+            _default_tolerance,
+            _to_grid_crs,
+            read_stations,
+            station_noise_values,
+        )
 
         section = config.calibration
         stations = read_stations(section.stations, crs=section.crs)
@@ -1685,21 +1691,10 @@ class CalibrationStations:
         self.rows = np.clip(np.rint(row[keep]).astype(np.int64), 0, X.sizes["y"] - 1)
         self.cols = np.clip(np.rint(col[keep]).astype(np.int64), 0, X.sizes["x"] - 1)
         self.observed = pd.to_numeric(stations[section.value_column], errors="coerce").to_numpy(float)[keep]
-        noise = section.noise
-        if isinstance(noise, str):
-            if noise not in stations.columns:
-                raise ConfigError(
-                    f"{config.path}: 'calibration.noise' names the column {noise!r}, but the stations have the "
-                    f"columns {list(stations.columns)}. Give a column or a number (a standard deviation)."
-                )
-            noise = pd.to_numeric(stations[noise], errors="coerce").to_numpy(float)[keep]
-            if np.any(noise < 0):
-                raise ConfigError(
-                    f"{config.path}: the column {section.noise!r} named by 'calibration.noise' has negative "
-                    f"values (least {np.nanmin(noise)!r}); it must hold standard deviations (>= 0)."
-                )
-        noise = 0.0 if noise is None else noise
-        self.noise = np.broadcast_to(np.asarray(noise, dtype=np.float64), self.observed.shape)
+        try:
+            self.noise = station_noise_values(stations, section.noise)[keep]
+        except ValueError as error:
+            raise ConfigError(f"{config.path}: 'calibration.noise' ({section.noise!r}): {error}") from None
         times = [item.time for item in items if item.time is not None]
         self.times = None
         if "time" in stations.columns:

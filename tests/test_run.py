@@ -273,7 +273,10 @@ def test_the_calibration_noise_can_be_a_column_of_the_stations(tmp_path, capsys)
         "\n".join([with_noise[0], with_noise[1][:-3] + "-1"]) + "\n"
     )
     assert main(["run", str(config)]) == 2
-    assert "has negative values" in capsys.readouterr().err
+    assert (
+        "'calibration.noise' ('sigma'): The station noise must be a standard deviation (>= 0); its least "
+        "value is -1.0" in capsys.readouterr().err
+    )
 
 
 def test_local_cluster_gives_the_synchronous_output(tmp_path):

@@ -197,7 +197,7 @@ def write_report(
     """
     from .. import plot
     from .spectrum import effective_resolution, radial_power_spectrum
-    from .stations import conformal_scale, extract_at_points, station_scores
+    from .stations import conformal_scale, extract_at_points, station_noise_values, station_scores
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -259,10 +259,7 @@ def write_report(
             )
         )
         if stds is not None:
-            if isinstance(station_noise, str):
-                noise = pd.to_numeric(stations[station_noise], errors="coerce").to_numpy(dtype=float)
-            else:
-                noise = np.broadcast_to(np.asarray(station_noise or 0.0, dtype=float), observed.shape)
+            noise = station_noise_values(stations, station_noise)
             ok = np.isfinite(observed) & np.isfinite(predicted) & np.isfinite(stds) & (stds > 0)
             ok &= np.isfinite(noise)
             if ok.any():
@@ -495,16 +492,15 @@ def validate_command(
             f"The stations file {stations} has no column {value_column!r}; its columns are "
             f"{[c for c in table.columns if c != 'geometry']}. Pass --value-column NAME."
         )
-    if isinstance(noise, str):
+    if isinstance(noise, str) and noise not in table.columns:
         try:
             noise = float(noise)
         except ValueError:
-            if noise not in table.columns:
-                raise ValueError(
-                    f"--noise {noise!r} is neither a number nor a column of {Path(stations).name} (its columns "
-                    f"are {[c for c in table.columns if c != 'geometry']}). Give the stations' error as a "
-                    f"standard deviation (e.g. --noise 0.5) or name its column."
-                ) from None
+            raise ValueError(
+                f"--noise {noise!r} is neither a number nor a column of {Path(stations).name} (its columns "
+                f"are {[c for c in table.columns if c != 'geometry']}). Give the stations' error as a "
+                f"standard deviation (e.g. --noise 0.5) or name its column."
+            ) from None
     grid_crs = grid_module.get_crs(field)
     if table.crs is None and grid_crs is not None:
         table = table.set_crs(grid_crs)

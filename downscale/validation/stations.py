@@ -30,6 +30,7 @@ __all__ = [
     "extract_at_points",
     "match_times",
     "read_stations",
+    "station_noise_values",
     "station_scores",
 ]
 
@@ -526,6 +527,38 @@ def station_scores(
     return table
 
 
+def station_noise_values(stations, noise) -> np.ndarray:
+    """The stations' own error as one standard deviation per record.
+
+    ``noise`` is None (no noise: zeros), a number, or the name of a column of ``stations``. Raises
+    ``ValueError`` for a missing column or a negative value.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"value": [1.0, 2.0], "sigma": [0.1, 0.3]})
+    >>> station_noise_values(table, "sigma").tolist(), station_noise_values(table, 0.5).tolist()
+    ([0.1, 0.3], [0.5, 0.5])
+    """
+    if noise is None:
+        return np.zeros(len(stations))
+    if isinstance(noise, str):
+        if noise not in stations.columns:
+            raise ValueError(
+                f"The stations have no column {noise!r} for the noise; their columns are "
+                f"{[c for c in stations.columns if c != 'geometry']}. Pass noise=<column> or a number (the "
+                f"std of a station value)."
+            )
+        values = pd.to_numeric(stations[noise], errors="coerce").to_numpy(dtype=np.float64)
+    else:
+        values = np.broadcast_to(np.asarray(noise, dtype=np.float64), (len(stations),)).copy()
+    if np.any(values < 0):
+        raise ValueError(
+            f"The station noise must be a standard deviation (>= 0); its least value is {float(np.nanmin(values))!r}."
+        )
+    return values
+
+
 def conformal_scale(observed, predicted, spread, coverage: float = 0.9, noise=0.0):
     """The split-conformal factor of :func:`calibrate_std` from paired arrays, and how many pairs set it.
 
@@ -551,7 +584,7 @@ def conformal_scale(observed, predicted, spread, coverage: float = 0.9, noise=0.
     noise = np.broadcast_to(np.asarray(noise, dtype=np.float64), observed.shape)
     if np.any(noise < 0):
         raise ValueError(
-            f"The station noise must be a standard deviation (>= 0); its least value is {noise.min()!r}."
+            f"The station noise must be a standard deviation (>= 0); its least value is {float(noise.min())!r}."
         )
     z = float(norm.ppf(0.5 + coverage / 2))
     ok = (
@@ -648,16 +681,10 @@ def calibrate_std(
             f"{getattr(std, 'dims', type(std).__name__)} {getattr(std, 'shape', '')}."
         )
     observed = stations[value].to_numpy(dtype=np.float64)
-    if isinstance(noise, str):
-        if noise not in stations.columns:
-            raise ValueError(
-                f"The stations have no column {noise!r} for the noise; their columns are "
-                f"{list(stations.columns)}. Pass noise=<column> or a number (the std of a station value)."
-            )
-        noise = stations[noise].to_numpy(dtype=np.float64)
+    noise = station_noise_values(stations, noise)
     predicted = _sample(pred, stations, method, tolerance)
     spread = _sample(std, stations, method, tolerance)
-    scale, n = conformal_scale(observed, predicted, spread, coverage, noise=0.0 if noise is None else noise)
+    scale, n = conformal_scale(observed, predicted, spread, coverage, noise=noise)
     out = std * scale
     out.attrs = dict(std.attrs)
     out.attrs.update(std_scale=scale, std_scale_coverage=float(coverage), std_scale_stations=int(n))
