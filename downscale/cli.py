@@ -264,7 +264,7 @@ def _demo(args) -> int:
     # A land-only variable (LST, soil moisture) is downscaled on land pixels only: no values at sea.
     mask = scene.mask if ds.datasets.VARIABLES[scene.variable]["land_only"] else None
     # Calibrate the std at every other station; the report checks it at the others.
-    calibration_stations, check_stations = scene.stations, scene.stations
+    calibration_stations, check_stations = None, scene.stations
     if args.calibrate == "stations":
         calibration_stations, check_stations = scene.stations.iloc[::2], scene.stations.iloc[1::2]
     step(f"Fitting the Downscaler ({model!r})" + (" on land pixels" if mask is not None else ""))
@@ -272,9 +272,9 @@ def _demo(args) -> int:
         scene.coarse,
         covariates,
         mask=mask,
-        stations=calibration_stations if args.calibrate == "stations" else None,
+        stations=calibration_stations,
         # The scene's stations record their measurement noise: it is not the pixel's uncertainty.
-        station_noise="noise_std" if args.calibrate == "stations" else None,
+        station_noise=None if calibration_stations is None else "noise_std",
     )
     chosen = getattr(model, "selected_trend_", None)
     cv_results = getattr(model, "cv_results_", None)

@@ -1669,9 +1669,9 @@ class CalibrationStations:
 
     def __init__(self, config, X, items):
         from .validation.stations import (
-            _axis_positions,
             _default_tolerance,
-            _to_grid_crs,
+            _grid_positions,
+            _nearest_cells,
             read_stations,
             station_noise_values,
         )
@@ -1683,13 +1683,9 @@ class CalibrationStations:
                 f"{config.path}: 'calibration.value_column' is {section.value_column!r}, but the stations have "
                 f"the columns {list(stations.columns)}. Name the column of the observed values."
             )
-        template = X[next(iter(X.data_vars))]
-        stations = _to_grid_crs(stations, template)
-        row, inside_y = _axis_positions(X["y"].values, stations.geometry.y.to_numpy(dtype=np.float64))
-        col, inside_x = _axis_positions(X["x"].values, stations.geometry.x.to_numpy(dtype=np.float64))
-        keep = inside_y & inside_x
-        self.rows = np.clip(np.rint(row[keep]).astype(np.int64), 0, X.sizes["y"] - 1)
-        self.cols = np.clip(np.rint(col[keep]).astype(np.int64), 0, X.sizes["x"] - 1)
+        # The cells calibrate_std samples ("nearest"), so a run calibrates like Downscaler.fit(stations=...).
+        stations, row, col, keep = _grid_positions(stations, X[next(iter(X.data_vars))])
+        self.rows, self.cols = _nearest_cells(row[keep], col[keep], (X.sizes["y"], X.sizes["x"]))
         self.observed = pd.to_numeric(stations[section.value_column], errors="coerce").to_numpy(float)[keep]
         try:
             self.noise = station_noise_values(stations, section.noise)[keep]

@@ -282,6 +282,24 @@ def _axis_positions(coord, values):
     return position, inside
 
 
+def _grid_positions(stations, field):
+    """The stations in the grid's CRS, their fractional ``row`` / ``col`` on its cells, and which lie inside."""
+    stations = _to_grid_crs(stations, field)
+    px = stations.geometry.x.to_numpy(dtype=np.float64)
+    py = stations.geometry.y.to_numpy(dtype=np.float64)
+    col, inside_x = _axis_positions(field["x"].values.astype(np.float64), px)
+    row, inside_y = _axis_positions(field["y"].values.astype(np.float64), py)
+    return stations, row, col, inside_x & inside_y
+
+
+def _nearest_cells(row, col, shape):
+    """Integer cell indices of fractional positions (clipped to a grid of ``shape`` = (ny, nx))."""
+    ny, nx = shape
+    i = np.clip(np.round(row), 0, ny - 1).astype(np.int64)
+    j = np.clip(np.round(col), 0, nx - 1).astype(np.int64)
+    return i, j
+
+
 def _sample(field, stations, method, tolerance, stacklevel=3):
     """Values of ``field`` at the station records (NaN outside the grid or without a matching time)."""
     from ..grid import check_grid
@@ -301,18 +319,15 @@ def _sample(field, stations, method, tolerance, stacklevel=3):
             f"`field.isel({extra[0]}=0)`."
         )
     field = field.transpose(..., "y", "x")
-    stations = _to_grid_crs(stations, field)
+    stations, row, col, inside = _grid_positions(stations, field)
     n = len(stations)
     if n == 0:
         raise ValueError("There are no stations to sample.")
-    px = stations.geometry.x.to_numpy(dtype=np.float64)
-    py = stations.geometry.y.to_numpy(dtype=np.float64)
-    xs, ys = field["x"].values.astype(np.float64), field["y"].values.astype(np.float64)
-    col, inside_x = _axis_positions(xs, px)
-    row, inside_y = _axis_positions(ys, py)
-    inside = inside_x & inside_y
     ids = _station_ids(stations)
     if not inside.any():
+        px = stations.geometry.x.to_numpy(dtype=np.float64)
+        py = stations.geometry.y.to_numpy(dtype=np.float64)
+        xs, ys = field["x"].values.astype(np.float64), field["y"].values.astype(np.float64)
         raise ValueError(
             f"None of the {n} stations lies inside the grid: the stations span x {px.min():.6g} to "
             f"{px.max():.6g}, y {py.min():.6g} to {py.max():.6g}; the grid spans x {xs.min():.6g} to "
@@ -333,10 +348,8 @@ def _sample(field, stations, method, tolerance, stacklevel=3):
         time_index = np.zeros(n, dtype=np.int64)
     matched = time_index >= 0
     t = np.where(matched, time_index, 0)
-    ny, nx = values.shape[-2:]
     if method == "nearest":
-        i = np.clip(np.round(row), 0, ny - 1).astype(np.int64)
-        j = np.clip(np.round(col), 0, nx - 1).astype(np.int64)
+        i, j = _nearest_cells(row, col, values.shape[-2:])
         out = values[t, i, j]
     else:
         out = _bilinear_at(values, t, row, col)
