@@ -287,6 +287,16 @@ def _demo(args) -> int:
         print(cv_results.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     else:
         chosen = None
+    if getattr(model, "station_cv_", None) is not None:
+        rmse_without, rmse_with = model.station_cv_["station_rmse"]
+        step(
+            (
+                f"  the {model.station_values_} calibration stations joined the trend"
+                if model.station_trend_
+                else "  the trend is fitted without the stations"
+            )
+            + f" (RMSE at held-out stations {rmse_with:.4g} with them, {rmse_without:.4g} without)"
+        )
     if args.calibrate == "stations":
         step(
             f"  std calibrated at {model.std_scale_stations_} stations (factor {model.std_scale_:.2f}); "

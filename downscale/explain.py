@@ -356,7 +356,7 @@ def applicability(model, X, weights="shap", cv=None, sample: int = 2000, seed: i
     """Area of applicability of a fitted Downscaler's trend over the fine grid (Meyer and Pebesma 2021).
 
     The training rows are the block means of the covariates over the coarse cells the trend was
-    fitted on; the new rows are the fine pixels. Features are weighted by their SHAP importance
+    fitted on (and the station values, when they joined the trend); the new rows are the fine pixels. Features are weighted by their SHAP importance
     (mean absolute SHAP value, :func:`global_importance`), so that covariates the trend ignores do
     not count, and the threshold comes from the training dissimilarity with spatial folds held out.
 
@@ -416,6 +416,13 @@ def applicability(model, X, weights="shap", cv=None, sample: int = 2000, seed: i
     ).all(1)
     coords = coarse_cell_coordinates(coarse)[valid]
     table = table[valid].reset_index(drop=True)
+    if getattr(model, "station_trend_", False):  # the station values are training rows too
+        rows = model.station_rows_
+        if "time" in model.coarse_.dims:
+            rows = rows[rows["time_index"] == min(int(time), model.coarse_.sizes["time"] - 1)]
+        table = pd.concat([table, rows[names]], ignore_index=True)
+        points = (rows["x"].to_numpy(), rows["y"].to_numpy())
+        coords = np.concatenate([coords, coarse_cell_coordinates(coarse, points=points)])
     if isinstance(weights, str):
         if weights != "shap":
             raise ValueError(f"weights must be 'shap', None, a dict or a Series, got {weights!r}.")

@@ -32,8 +32,10 @@ A Downscaler's ``std`` output is calibrated by the Wald protocol on every
 step (see :mod:`downscale.downscaler`), unless a ``calibration`` section names
 stations: then each step's std is calibrated at that step's station values
 (records within half a time step), by split conformal prediction with the
-stations' own ``noise`` left out, as ``Downscaler.fit(..., stations=...)``
-does. The tiles that hold a station are computed first and kept for the
+stations' own ``noise`` left out, as ``Downscaler(station_trend=False).fit(...,
+stations=...)`` does: a run's stations calibrate the std but do not join the
+trend (an in-memory ``Downscaler`` lets them when held-out stations say it
+helps; a run would need a second pass over the tiles for that). The tiles that hold a station are computed first and kept for the
 writer, so the calibration costs no second pass. A step with too few station
 values for a 90 % scale (fewer than 9) falls back to the Wald protocol and
 says so in ``run.log`` and in the output's ``downscale_std_calibration``

@@ -266,7 +266,10 @@ def test_stations_given_to_fit_calibrate_the_std_by_split_conformal(scenes):
     n = ratios.size
     rank = int(np.ceil((n + 1) * 0.9))
 
-    model = Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations)
+    # With the stations kept out of the trend (station_trend=False), they are a plain calibration set.
+    model = Downscaler(trend="linear", station_trend=False).fit(
+        scene.coarse, X, mask=scene.mask, stations=scene.stations
+    )
     assert (model.std_calibration_, model.std_scale_stations_) == ("stations", n)
     assert model.std_scale_ == pytest.approx(ratios[rank - 1], rel=1e-12)
     _, std = model.predict(X, return_std=True)
@@ -276,7 +279,7 @@ def test_stations_given_to_fit_calibrate_the_std_by_split_conformal(scenes):
     )
     assert inside.sum() >= rank
     # A station noise is left out of the pixel's std, as calibrate_std does it.
-    noisy = Downscaler(trend="linear").fit(
+    noisy = Downscaler(trend="linear", station_trend=False).fit(
         scene.coarse, X, mask=scene.mask, stations=scene.stations, station_noise="noise_std"
     )
     expected = ds.validation.calibrate_std(fine, std_raw, scene.stations, noise="noise_std").attrs[
@@ -293,10 +296,10 @@ def test_stations_in_fit_need_calibrate_std_and_enough_values(scenes):
     scene, X = scenes["soil_moisture"]
     with pytest.warns(
         UserWarning,
-        match="stations are only used to calibrate the standard deviation, and "
-        "calibrate_std=False: they are ignored",
+        match="stations calibrate the standard deviation or join the trend, and calibrate_std=False with "
+        "station_trend=False: they are ignored",
     ):
-        model = Downscaler(trend="linear", calibrate_std=False).fit(
+        model = Downscaler(trend="linear", calibrate_std=False, station_trend=False).fit(
             scene.coarse, X, mask=scene.mask, stations=scene.stations
         )
     assert model.std_scale_ == 1.0
@@ -310,6 +313,93 @@ def test_stations_in_fit_need_calibrate_std_and_enough_values(scenes):
         r"interval needs at least 9",
     ):
         Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations.iloc[:5])
+
+
+def _held_out_station_errors(scene, X, trend, random_state=0, folds=5):
+    """Out-of-fold predictions and stds at the stations, by the documented rule, through the public API.
+
+    Folds are of station locations (in the order of their unique coordinates), permuted with
+    ``random_state``; each fold is predicted by a fit on the coarse field and the other folds' stations.
+    """
+    from downscale.validation.stations import _location_ids
+
+    stations = scene.stations.reset_index(drop=True)
+    locations, location_of = np.unique(_location_ids(stations), return_inverse=True)
+    fold = (np.random.default_rng(random_state).permutation(locations.size) % folds)[location_of]
+    predicted = np.full(len(stations), np.nan)
+    spread = np.full(len(stations), np.nan)
+    for k in range(folds):
+        test = fold == k
+        model = Downscaler(trend=trend, station_trend=True, calibrate_std=False).fit(
+            scene.coarse, X, mask=scene.mask, stations=stations[~test]
+        )
+        fine, std = model.predict(X, return_std=True)
+        predicted[test] = ds.validation.extract_at_points(fine, stations[test])
+        spread[test] = ds.validation.extract_at_points(std, stations[test])
+    return stations["value"].to_numpy(), predicted, spread
+
+
+def test_stations_join_the_trend_when_they_predict_held_out_stations_better(scenes):
+    """Soil moisture follows a fine wetness whose block means hardly vary: only stations can teach the trend."""
+    scene, X = scenes["soil_moisture"]
+    truth_ok = np.isfinite(scene.truth.values)
+
+    def rmse(field):
+        return float(np.sqrt(np.mean((field.values - scene.truth.values)[truth_ok] ** 2)))
+
+    without = Downscaler(trend="linear", station_trend=False).fit(
+        scene.coarse, X, mask=scene.mask, stations=scene.stations
+    )
+    model = Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations)
+    assert without.station_trend_ is False and model.station_trend_ is True
+    table = model.station_cv_.set_index("trend_fitted_on")
+    assert table.loc["coarse cells + stations", "selected"]
+    assert (
+        table.loc["coarse cells + stations", "station_rmse"]
+        < 0.98 * table.loc["coarse cells", "station_rmse"]
+    )
+    # The held-out station RMSE of the fit without stations is that model's error at the stations.
+    observed = scene.stations["value"].to_numpy()
+    error = ds.validation.extract_at_points(without.predict(X), scene.stations) - observed
+    assert table.loc["coarse cells", "station_rmse"] == pytest.approx(np.sqrt(np.mean(error**2)), rel=1e-12)
+    # Stations see every covariate, also those whose block means keep little of their spread.
+    assert len(model.features_used_) == len(model.feature_names_) > len(without.features_used_)
+    assert "station values" in model.predict(X).attrs["downscale_method"]
+    # Against the truth: better, still coherent and within bounds.
+    fine = model.predict(X)
+    assert rmse(fine) < 0.9 * rmse(without.predict(X))
+    assert _coherence_error(fine, scene.coarse) < 1e-9
+    assert float(fine.min()) >= 0 and float(fine.max()) <= scene.bounds[1]
+    # The std is calibrated on the held-out errors: each station by the fit that left it out.
+    observed, predicted, spread = _held_out_station_errors(scene, X, "linear")
+    table_rmse = np.sqrt(np.nanmean((predicted - observed) ** 2))
+    assert table.loc["coarse cells + stations", "station_rmse"] == pytest.approx(table_rmse, rel=1e-9)
+    ok = np.isfinite(predicted) & (spread > 0)
+    ratios = np.sort(np.abs(observed[ok] - predicted[ok]) / (1.6448536269514722 * spread[ok]))
+    rank = int(np.ceil((ok.sum() + 1) * 0.9))
+    assert (model.std_calibration_, model.std_scale_stations_) == ("stations", int(ok.sum()))
+    assert model.std_scale_ == pytest.approx(ratios[rank - 1], rel=1e-9)
+
+
+def test_stations_that_do_not_help_stay_out_of_the_trend(scenes):
+    """Station values shuffled among the stations carry no fine-scale information: the trend ignores them."""
+    scene, X = scenes["soil_moisture"]
+    shuffled = scene.stations.copy()
+    shuffled["value"] = np.random.default_rng(3).permutation(shuffled["value"].to_numpy())
+    model = Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask, stations=shuffled)
+    plain = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    assert model.station_trend_ is False
+    assert not model.station_cv_.set_index("trend_fitted_on").loc["coarse cells + stations", "selected"]
+    np.testing.assert_allclose(model.predict(X).values, plain.predict(X).values, rtol=1e-12)
+    # Forced in, they change the trend; the constant trend has nothing to fit them with.
+    forced = Downscaler(trend="linear", station_trend=True).fit(
+        scene.coarse, X, mask=scene.mask, stations=shuffled
+    )
+    assert forced.station_trend_ is True
+    none = Downscaler(trend="none").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations)
+    assert none.station_trend_ is False and none.station_cv_ is None
+    with pytest.raises(ValueError, match="station_trend must be 'auto' .*, True or False, got 'yes'"):
+        Downscaler(station_trend="yes").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations)
 
 
 def test_stations_with_a_time_column_calibrate_a_time_series():

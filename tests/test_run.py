@@ -214,7 +214,8 @@ def test_a_run_calibrates_the_std_at_the_stations_as_the_in_memory_downscaler(tm
         today = stations[stations["time"] == f"{day[:4]}-{day[4:6]}-{day[6:]}"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = ds.Downscaler(trend="linear", residual="atpk").fit(
+            # A run's stations calibrate the std; they do not join the trend (station_trend=False).
+            model = ds.Downscaler(trend="linear", residual="atpk", station_trend=False).fit(
                 coarse.astype(float), X, mask=mask, stations=today, station_noise=0.5
             )
             fine, std = model.predict(X, return_std=True)

@@ -7,12 +7,17 @@ covariate: 0.78, 0.93, 0.97, 0.86). The 0.8 x bilinear target for the other thre
 coverage are not met yet: they are pinned below as strict expected failures so that an improvement
 shows up.
 
-The same intervals calibrated at the scene's 40 stations instead (``fit(..., stations=...,
-station_noise="noise_std")``, split conformal with the station noise left out): lst 0.76, precipitation
-0.94, no2 0.82, soil moisture 0.93. The stations see the soil-moisture error below the coarse scale
-that the Wald protocol misses; on LST, whose station noise (0.5 K) is as large as the model's error,
-the scale is the 37th of 40 ratios of which most are zero, a noisy estimate (seeds 1 and 2: 0.91 and
-0.93), pinned as a strict expected failure.
+With the scene's 40 stations given to fit (``fit(..., stations=..., station_noise="noise_std")``),
+they join the trend where held-out stations say it helps (no2 and soil moisture, with every covariate)
+and calibrate the std (split conformal with the station noise left out; on held-out errors when they
+joined the trend). trend="lightgbm" then gives RMSE / bilinear lst 0.745, precipitation 0.913, no2
+0.954, soil moisture 0.674, and 90 % coverage lst 0.76, precipitation 0.94, no2 0.853, soil moisture
+0.966. The stations see the soil-moisture error below the coarse scale that neither the coarse cells
+nor the Wald protocol can; on LST, whose station noise (0.5 K) is as large as the model's error, the
+scale is the 37th of 40 ratios of which most are zero, a noisy estimate (seeds 1 and 2: 0.91 and
+0.93), pinned as a strict expected failure. The default with the stations is within 5 % of the best
+candidate given the same stations on all four scenes (soil moisture 0.0386 linear vs 0.0373
+lightgbm, both with the stations; 0.70 x bilinear).
 
 The default (trend="auto") against the best of its candidates, each alone on the covariates the
 selection gives it (the positive control; RMSE against truth, measured): lst 0.4605 (linear) vs 0.4605
@@ -38,6 +43,8 @@ COVERAGE_MET = {"lst": True, "precipitation": True, "no2": True, "soil_moisture"
 STATION_COVERAGE_MET = {"lst": False, "precipitation": True, "no2": True, "soil_moisture": True}
 DEFAULT_RATIO_MET = {"lst": True, "precipitation": True, "no2": False, "soil_moisture": False}
 POSITIVE_CONTROL_MET = {"lst": True, "precipitation": True, "no2": True, "soil_moisture": False}
+STATION_RATIO_MET = {"lst": True, "precipitation": False, "no2": False, "soil_moisture": True}
+STATION_TREND_JOINED = {"lst": False, "precipitation": False, "no2": True, "soil_moisture": True}
 
 
 @pytest.fixture(scope="module", params=["lst", "precipitation", "no2", "soil_moisture"])
@@ -68,11 +75,23 @@ def result(request):
         ]
         alone = Downscaler(trend=name, calibrate_std=False).fit(scene.coarse, X[used], mask=mask)
         candidates[name] = rmse(alone.predict(X[used]))
+    # The same with the scene's 40 stations given to fit (they join a trend where that helps).
+    auto_stations = Downscaler(calibrate_std=False).fit(scene.coarse, X, mask=mask, stations=scene.stations)
+    candidates_stations = {}
+    for name in AUTO_CANDIDATES:
+        alone = Downscaler(trend=name, calibrate_std=False).fit(
+            scene.coarse, X, mask=mask, stations=scene.stations
+        )
+        candidates_stations[name] = rmse(alone.predict(X))
 
     return dict(
         variable=variable,
         rmse_default=rmse(auto.predict(X)),
         rmse_candidates=candidates,
+        rmse_default_stations=rmse(auto_stations.predict(X)),
+        rmse_candidates_stations=candidates_stations,
+        at_stations=at_stations,
+        rmse_stations=rmse(fine_stations),
         scene=scene,
         fine=fine,
         std=std,
@@ -128,10 +147,27 @@ def test_90_percent_intervals_calibrated_at_the_stations_cover_80_to_97_percent(
             pytest.mark.xfail(strict=True, reason="40 stations set a noisy scale (see module notes)")
         )
     fine, std, truth = result["fine_stations"], result["std_stations"], result["scene"].truth
-    np.testing.assert_array_equal(fine.values, result["fine"].values)  # the stations only scale the std
+    if not result["at_stations"].station_trend_:  # the stations then only scale the std
+        np.testing.assert_array_equal(fine.values, result["fine"].values)
     inside = np.abs(fine.values - truth.values) <= 1.6448536269514722 * std.values
     coverage = float(np.mean(inside[result["valid"]]))
     assert 0.80 <= coverage <= 0.97, coverage
+
+
+def test_rmse_with_the_stations_at_most_0_8_of_bilinear(result, request):
+    """trend="lightgbm" given the scene's 40 stations (they join the trend where held-out stations say so)."""
+    if not STATION_RATIO_MET[result["variable"]]:
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="skill target not met yet (see module notes)")
+        )
+    assert result["rmse_stations"] <= 0.8 * result["rmse_bilinear"]
+    assert result["at_stations"].station_trend_ == STATION_TREND_JOINED[result["variable"]]
+
+
+def test_default_with_the_stations_within_5_percent_of_the_best_candidate_and_better_than_bilinear(result):
+    """The positive control when the scene's stations are given to fit (the candidates get them too)."""
+    assert result["rmse_default_stations"] <= 1.05 * min(result["rmse_candidates_stations"].values())
+    assert result["rmse_default_stations"] <= result["rmse_bilinear"]
 
 
 def test_default_rmse_at_most_0_8_of_bilinear(result, request):

@@ -88,11 +88,13 @@ def score_table(y_true, y_pred) -> dict:
     return row
 
 
-def coarse_cell_coordinates(coarse) -> np.ndarray:
+def coarse_cell_coordinates(coarse, points=None) -> np.ndarray:
     """``(n_cells, 2)`` array of the ``(x, y)`` centres of every coarse cell, row-major, in metres.
 
     On a geographic grid the centres are projected to an azimuthal equidistant
     projection centred on the grid, so that block sizes and buffers stay in metres.
+    With ``points`` (a pair of arrays ``(x, y)`` in the grid's CRS), those points are placed
+    in the same metric frame instead of the cell centres.
 
     Examples
     --------
@@ -108,8 +110,12 @@ def coarse_cell_coordinates(coarse) -> np.ndarray:
         from pyproj import CRS, Transformer
 
         lon0, lat0 = float(np.mean(x)), float(np.mean(y))
+        if points is not None:
+            x, y = (np.asarray(v, dtype=np.float64) for v in points)
         local = CRS.from_proj4(f"+proj=aeqd +lat_0={lat0} +lon_0={lon0} +datum=WGS84 +units=m")
         x, y = Transformer.from_crs(grid_module.get_crs(coarse), local, always_xy=True).transform(x, y)
+    elif points is not None:
+        x, y = (np.asarray(v, dtype=np.float64) for v in points)
     return np.column_stack([x, y])
 
 
