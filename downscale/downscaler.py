@@ -256,7 +256,8 @@ class Downscaler(BaseEstimator):
     station_trend_ : bool
         Whether the trend was fitted on the station values too.
     station_cv_ : pandas.DataFrame or None
-        With stations (and a trend other than ``"none"``): the held-out station RMSE (the field's
+        With stations, ``station_trend="auto"`` or ``True``, a trend other than ``"none"`` and at least
+        ``MIN_STATION_RECORDS`` usable station values: the held-out station RMSE (the field's
         units) of the trend fitted on the coarse cells alone and on the coarse cells plus the
         stations, columns ``trend_fitted_on``, ``trend``, ``n_features``, ``station_rmse``,
         ``n_values``, ``selected``.

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import xarray as xr
-from sklearn.base import clone
-from sklearn.linear_model import LinearRegression
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.model_selection import ParameterGrid
 
 import downscale as ds
@@ -400,6 +400,41 @@ def test_stations_that_do_not_help_stay_out_of_the_trend(scenes):
     assert none.station_trend_ is False and none.station_cv_ is None
     with pytest.raises(ValueError, match="station_trend must be 'auto' .*, True or False, got 'yes'"):
         Downscaler(station_trend="yes").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations)
+
+
+class _CountingRegressor(RegressorMixin, BaseEstimator):
+    """Ridge regression that records the rows it was fitted on."""
+
+    def fit(self, X, y):
+        self.rows_ = np.asarray(X, dtype=np.float64).copy()
+        self.model_ = Ridge(alpha=1.0).fit(X, y)
+        return self
+
+    def predict(self, X):
+        return self.model_.predict(X)
+
+
+@pytest.mark.parametrize("temporal", ["per_step", "pooled"])
+def test_station_rows_join_the_trend_of_their_own_time_step(temporal):
+    """With station_trend=True each day's trend gets that day's station values (all days when pooled)."""
+    scene = ds.datasets.synthetic_scene(
+        "soil_moisture", seed=1, shape=(100, 100), factor=FACTOR, n_times=2, n_stations=12
+    )
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, features=["elevation", "slope"])
+    model = Downscaler(trend=_CountingRegressor(), temporal=temporal, station_trend=True).fit(
+        scene.coarse, X, mask=scene.mask, stations=scene.stations
+    )
+    assert model.station_trend_ and model.station_values_ == 24
+    n_cells = [int(np.isfinite(scene.coarse.isel(time=t).values).sum()) for t in range(2)]
+    stations = scene.stations.reset_index(drop=True)
+    if temporal == "per_step":
+        assert [len(m.rows_) for m in model.trend_models_] == [n_cells[0] + 12, n_cells[1] + 12]
+        # The last rows of day 1's trend are the covariates at day 1's stations.
+        day = stations[stations["time"] == scene.coarse["time"].values[1]]
+        expected = np.column_stack([ds.validation.extract_at_points(X[n], day) for n in model.features_used_])
+        np.testing.assert_allclose(model.trend_models_[1].rows_[-12:], expected, rtol=1e-12)
+    else:
+        assert [len(m.rows_) for m in model.trend_models_] == [sum(n_cells) + 24]
 
 
 def test_stations_with_a_time_column_calibrate_a_time_series():

@@ -182,6 +182,58 @@ print(f"(before calibrating at the stations: {float((abs(scene.truth - fine) <= 
 # `ds.Downscaler().fit(scene.coarse, X, mask=scene.mask, stations=scene.stations, station_noise="noise_std")`.
 # The guarantee holds when the pixels you care about are like the station sites: stations all in
 # the valleys would calibrate the valleys.
+
+# %% [markdown]
+# ## Stations in the trend
+#
+# The coarse cells cannot teach the trend the valley-bottom wetness: its block means hardly vary
+# from cell to cell. A station can, since it samples the 1 km covariates at a point. Give `fit` the
+# stations and, with `station_trend="auto"` (the default), they join the coarse cells as rows of the
+# trend's fit when that predicts **held-out** stations better: five folds of stations are each
+# predicted by the whole method fitted on the others, and compared with the fit on the coarse cells
+# alone. `station_cv_` shows the comparison. When they join, the std is calibrated on those held-out
+# errors, not in-sample. The result is still coherent: the residual kriging is unchanged.
+#
+# Fit on the 30 calibration stations and judge against the truth and the 30 check stations:
+
+# %%
+check_values = check_stations["value"].to_numpy()
+
+def scores(model, X=X):
+    field, sigma = model.predict(X, return_std=True)
+    at_check = ds.validation.extract_at_points(field, check_stations)
+    check_sigma = np.sqrt(ds.validation.extract_at_points(sigma, check_stations) ** 2 + check_noise**2)
+    return {"stations in the trend": model.station_trend_,
+            "rmse vs truth": rmse(field), "rmse at the check stations": float(np.sqrt(np.mean((at_check - check_values) ** 2))),
+            "check stations inside 90 %": float(np.mean(np.abs(at_check - check_values) <= 1.6449 * check_sigma)),
+            "truth inside 90 %": float((abs(scene.truth - field) <= 1.6449 * sigma).where(scene.mask).mean())}
+
+fits = {}
+for trend in ("auto", "lightgbm"):
+    for station_trend in (False, "auto"):
+        fits[trend, station_trend] = ds.Downscaler(trend=trend, station_trend=station_trend).fit(
+            scene.coarse, X, mask=scene.mask, stations=calibration_stations, station_noise="noise_std")
+print(fits["auto", "auto"].station_cv_.to_string(index=False))
+pd.DataFrame({f"trend={t!r}, station_trend={s!r}": scores(m) for (t, s), m in fits.items()}).T.round(4)
+
+# %%
+fig = ds.plot.plot_maps(
+    {"default, coarse cells only": fits["auto", False].predict(X),
+     "default, coarse cells + stations": fits["auto", "auto"].predict(X),
+     "true soil moisture (1 km)": scene.truth},
+    share=["default, coarse cells only", "default, coarse cells + stations", "true soil moisture (1 km)"],
+    cmap="YlGnBu", stations=calibration_stations,
+)
+
+# %% [markdown]
+# For the default (`trend="auto"`, which picks a random forest here), the 30 stations cut the error
+# against the truth by 14 % (0.0426 -> 0.0368 m3 m-3) and at the 30 check stations by 13 %, and the
+# map gains the wet valley floors. For `trend="lightgbm"` they are a wash: the held-out comparison
+# preferred them by 9 % at the stations, but the truth and the check stations see no gain (0.0366 vs
+# 0.0373), and the check-station coverage drops from 90 % to 77 %. Thirty stations make for a noisy
+# comparison, so keep a few out of `fit` and check the result, as here: the held-out comparison
+# inside `fit` decides and calibrates, but it is not a check you can report. `station_trend=False`
+# keeps the stations to the calibration.
 #
 # ## What could go wrong?
 #
