@@ -4,7 +4,11 @@
    factor 25) with the demo's covariates; ``Downscaler()`` (the selection, then the chosen trend) against
    ``Downscaler(trend="lightgbm")``, both with the default std calibration. Median of ``--repeats`` runs,
    alternated so that both see the same machine load. Target: ratio <= 3.
-2. ``--controls``: the positive control (the four default scenes: RMSE against the fine truth of the
+2. Fit time with the scene's 40 stations (always), on the LST scene (they stay out of the trend) and
+   the soil-moisture scene (they join it): against the fit without stations (Wald calibration), the
+   stations as a calibration set only, and the default (the held-out comparison of 5 folds decides
+   whether they join the trend).
+3. ``--controls``: the positive control (the four default scenes: RMSE against the fine truth of the
    default and of every candidate alone, each on the covariates the selection gives it; target: default
    within 5 % of the best candidate; the ``all:`` columns fit the candidates on every covariate, which
    measures the retention filter) and the negative control (10 seeds of 120 x 120 scenes, factor 10,
@@ -49,6 +53,41 @@ def fit_time(repeats):
     )
     print(f"fit-time ratio auto / lightgbm: {auto / lightgbm:.2f} (target <= 3)")
     print(f"fit-time ratio auto / the chosen trend alone (the selection's own cost): {auto / alone:.2f}")
+
+
+def station_time(repeats):
+    """Fit time with the scene's 40 stations: calibration only, and joining the trend when they help."""
+    for variable in ("lst", "soil_moisture"):
+        scene = ds.datasets.synthetic_scene(variable)
+        X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
+        runs = {
+            "no stations": dict(),
+            "stations, calibration only": dict(stations=scene.stations, station_trend=False),
+            "stations (default)": dict(stations=scene.stations, station_trend="auto"),
+        }
+        times = {name: [] for name in runs}
+        joined = None
+        for _ in range(repeats):
+            for name, options in runs.items():
+                options = dict(options)
+                station_trend = options.pop("station_trend", "auto")
+                start = time.perf_counter()
+                model = Downscaler(station_trend=station_trend).fit(
+                    scene.coarse, X, mask=scene.mask, station_noise="noise_std" if options else None, **options
+                )
+                times[name].append(time.perf_counter() - start)
+                if name == "stations (default)":
+                    joined = model.station_trend_
+        base = statistics.median(times["no stations"])
+        print(
+            f"{variable}, fit of Downscaler() ({repeats} repeats, median): no stations {base:.2f} s; "
+            + "; ".join(
+                f"{name} {statistics.median(t):.2f} s ({statistics.median(t) / base:.2f}x)"
+                for name, t in times.items()
+                if name != "no stations"
+            )
+            + f"; the stations joined the trend: {joined}"
+        )
 
 
 def rmse(field, truth):
@@ -136,6 +175,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     fit_time(args.repeats)
+    station_time(args.repeats)
     if args.controls:
         positive_control()
         negative_control()
