@@ -207,7 +207,8 @@ class Downscaler(BaseEstimator):
     station_trend : {"auto", True, False}
         Whether the stations given to :meth:`fit` join the coarse cells in the trend's fit.
         ``"auto"`` (default): when that predicts held-out stations better (see the module notes);
-        ``True``: always (the trend must not be ``"none"``); ``False``: they only calibrate the std.
+        ``True``: always (with a warning when they cannot: fewer than ``MIN_STATION_RECORDS``
+        usable values, or the constant trend); ``False``: they only calibrate the std.
     min_retention : float or None
         Least :func:`~downscale.models.trend.retention` (coarse over fine spread) a covariate needs to
         enter the trend. ``None`` (default): ``MIN_RETENTION`` of the named trend (0.5 for ``"linear"``,
@@ -262,10 +263,10 @@ class Downscaler(BaseEstimator):
         stations, columns ``trend_fitted_on``, ``trend``, ``n_features``, ``station_rmse``,
         ``n_values``, ``selected``.
     station_values_ : int
-        How many station values the trend was fitted on (set when ``station_trend_``).
-    station_rows_ : pandas.DataFrame
-        Those trend rows (set when ``station_trend_``): every covariate at the station's pixel, its
-        ``time_index`` and the pixel centre ``x``, ``y``.
+        How many station values the trend was fitted on (0 unless ``station_trend_``).
+    station_rows_ : pandas.DataFrame or None
+        Those trend rows (None unless ``station_trend_``): every covariate at the station's pixel,
+        its ``time_index`` and the pixel centre ``x``, ``y``.
 
     Examples
     --------
@@ -356,15 +357,11 @@ class Downscaler(BaseEstimator):
             )
 
     def _check_station_trend(self):
-        if not (
-            isinstance(self.station_trend, str) and self.station_trend == "auto"
-        ) and self.station_trend not in (
-            True,
-            False,
-        ):
+        value = self.station_trend
+        if not (value is True or value is False or (isinstance(value, str) and value == "auto")):
             raise ValueError(
                 f"station_trend must be 'auto' (the stations given to fit join the trend when that predicts "
-                f"held-out stations better), True or False, got {self.station_trend!r}."
+                f"held-out stations better), True or False, got {value!r}."
             )
 
     def _retention_threshold(self, trend):
@@ -628,6 +625,8 @@ class Downscaler(BaseEstimator):
         self._fit_trend_and_kriging(features, features_coarse, z_coarse, coarse, X, steps)
         self.station_trend_ = False
         self.station_cv_ = None
+        self.station_values_ = 0
+        self.station_rows_ = None
         self.std_scale_ = 1.0
         self.std_calibration_ = "none"
         self.std_scale_stations_ = 0
@@ -771,20 +770,36 @@ class Downscaler(BaseEstimator):
 
         import pandas as pd
 
-        self.station_trend_ = False
         want_std = self.calibrate_std
         plain = self.predict(X, return_std=True) if want_std else None
         spec = self.trend_spec_
-        if self.station_trend is False or (isinstance(spec, str) and spec == "none"):
+        if self.station_trend is False:
+            return plain
+        if isinstance(spec, str) and spec == "none":
+            if self.station_trend is True:
+                warnings.warn(
+                    "station_trend=True, but the trend is the constant ('none'"
+                    + (
+                        ", chosen by trend='auto'"
+                        if isinstance(self.trend, str) and self.trend == "auto"
+                        else ""
+                    )
+                    + "): it has no covariates for the stations to inform. Name a trend, e.g. "
+                    "trend='linear', to fit it on the stations.",
+                    stacklevel=3,
+                )
             return plain
         records = self._station_records(stations, features, X, coarse, noise)
         n = records["z"].size
         if n < MIN_STATION_RECORDS:
-            logger.info(
-                "%d usable station values (< %d): the trend is fitted on the coarse cells alone.",
-                n,
-                MIN_STATION_RECORDS,
+            message = (
+                f"{n} usable station value(s) (inside the grid, at a time step, on a pixel with covariates); "
+                f"the trend needs at least {MIN_STATION_RECORDS} to be fitted on them too, so it is fitted on "
+                f"the coarse cells alone."
             )
+            if self.station_trend is True:
+                warnings.warn(message, stacklevel=3)
+            logger.info(message)
             return plain
         nt = z_coarse.shape[0]
         t, i, j = records["t"], records["i"], records["j"]
@@ -799,7 +814,9 @@ class Downscaler(BaseEstimator):
         predicted = np.full(n, np.nan)
         spread = np.full(n, np.nan)
         trend_variance = None
-        for k in range(STATION_FOLDS):
+        # Forced in without a std to calibrate, nothing needs the held-out predictions.
+        folds = range(STATION_FOLDS) if (want_std or self.station_trend == "auto") else []
+        for k in folds:
             test = fold == k
             if not test.any():
                 continue
@@ -826,8 +843,10 @@ class Downscaler(BaseEstimator):
                 t, i, j
             ]
         both = np.isfinite(predicted) & np.isfinite(without)
-        rmse_without = float(np.sqrt(np.mean((without[both] - observed[both]) ** 2)))
-        rmse_with = float(np.sqrt(np.mean((predicted[both] - observed[both]) ** 2)))
+        rmse_without = (
+            float(np.sqrt(np.mean((without[both] - observed[both]) ** 2))) if both.any() else np.nan
+        )
+        rmse_with = float(np.sqrt(np.mean((predicted[both] - observed[both]) ** 2))) if both.any() else np.nan
         use = self.station_trend is True or rmse_with < (1 - SELECTION_TOLERANCE) * rmse_without
         self.station_cv_ = pd.DataFrame(
             {

@@ -398,6 +398,21 @@ def test_stations_that_do_not_help_stay_out_of_the_trend(scenes):
     assert forced.station_trend_ is True
     none = Downscaler(trend="none").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations)
     assert none.station_trend_ is False and none.station_cv_ is None
+    with pytest.warns(
+        UserWarning, match=r"station_trend=True, but the trend is the constant \('none'\): it has"
+    ):
+        Downscaler(trend="none", station_trend=True).fit(
+            scene.coarse, X, mask=scene.mask, stations=scene.stations
+        )
+    with pytest.warns(
+        UserWarning,
+        match=r"8 usable station value\(s\) \(inside the grid, at a time step, on a pixel with covariates\); the "
+        r"trend needs at least 10 to be fitted on them too",
+    ):
+        few = Downscaler(trend="linear", station_trend=True, calibrate_std=False).fit(
+            scene.coarse, X, mask=scene.mask, stations=scene.stations.iloc[:8]
+        )
+    assert few.station_trend_ is False
     with pytest.raises(ValueError, match="station_trend must be 'auto' .*, True or False, got 'yes'"):
         Downscaler(station_trend="yes").fit(scene.coarse, X, mask=scene.mask, stations=scene.stations)
 
