@@ -47,6 +47,12 @@ STATION_RATIO_MET = {"lst": True, "precipitation": False, "no2": False, "soil_mo
 STATION_TREND_JOINED = {"lst": False, "precipitation": False, "no2": True, "soil_moisture": True}
 
 
+def _xfail_unless(met, result, request, reason):
+    """Mark the test a strict expected failure for the scenes where ``met`` says the target is not met yet."""
+    if not met[result["variable"]]:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
 @pytest.fixture(scope="module", params=["lst", "precipitation", "no2", "soil_moisture"])
 def result(request):
     variable = request.param
@@ -123,18 +129,12 @@ def test_no_worse_than_the_trend_alone(result):
 
 
 def test_rmse_at_most_0_8_of_bilinear(result, request):
-    if not RATIO_MET[result["variable"]]:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="skill target not met yet (see module notes)")
-        )
+    _xfail_unless(RATIO_MET, result, request, "skill target not met yet (see module notes)")
     assert result["rmse"] <= 0.8 * result["rmse_bilinear"]
 
 
 def test_90_percent_intervals_cover_80_to_97_percent(result, request):
-    if not COVERAGE_MET[result["variable"]]:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="std calibration misses (see module notes)")
-        )
+    _xfail_unless(COVERAGE_MET, result, request, "std calibration misses (see module notes)")
     fine, std, truth = result["fine"], result["std"], result["scene"].truth
     inside = np.abs(fine.values - truth.values) <= 1.6448536269514722 * std.values
     coverage = float(np.mean(inside[result["valid"]]))
@@ -142,10 +142,7 @@ def test_90_percent_intervals_cover_80_to_97_percent(result, request):
 
 
 def test_90_percent_intervals_calibrated_at_the_stations_cover_80_to_97_percent(result, request):
-    if not STATION_COVERAGE_MET[result["variable"]]:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="40 stations set a noisy scale (see module notes)")
-        )
+    _xfail_unless(STATION_COVERAGE_MET, result, request, "40 stations set a noisy scale (see module notes)")
     fine, std, truth = result["fine_stations"], result["std_stations"], result["scene"].truth
     if not result["at_stations"].station_trend_:  # the stations then only scale the std
         np.testing.assert_array_equal(fine.values, result["fine"].values)
@@ -156,10 +153,7 @@ def test_90_percent_intervals_calibrated_at_the_stations_cover_80_to_97_percent(
 
 def test_rmse_with_the_stations_at_most_0_8_of_bilinear(result, request):
     """trend="lightgbm" given the scene's 40 stations (they join the trend where held-out stations say so)."""
-    if not STATION_RATIO_MET[result["variable"]]:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="skill target not met yet (see module notes)")
-        )
+    _xfail_unless(STATION_RATIO_MET, result, request, "skill target not met yet (see module notes)")
     assert result["rmse_stations"] <= 0.8 * result["rmse_bilinear"]
     assert result["at_stations"].station_trend_ == STATION_TREND_JOINED[result["variable"]]
 
@@ -171,16 +165,12 @@ def test_default_with_the_stations_within_5_percent_of_the_best_candidate_and_be
 
 
 def test_default_rmse_at_most_0_8_of_bilinear(result, request):
-    if not DEFAULT_RATIO_MET[result["variable"]]:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="skill target not met yet (see module notes)")
-        )
+    _xfail_unless(DEFAULT_RATIO_MET, result, request, "skill target not met yet (see module notes)")
     assert result["rmse_default"] <= 0.8 * result["rmse_bilinear"]
 
 
 def test_positive_control_default_within_5_percent_of_the_best_candidate(result, request):
-    if not POSITIVE_CONTROL_MET[result["variable"]]:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="selection misses (see module notes)"))
+    _xfail_unless(POSITIVE_CONTROL_MET, result, request, "selection misses (see module notes)")
     assert result["rmse_default"] <= 1.05 * min(result["rmse_candidates"].values())
 
 
