@@ -356,9 +356,10 @@ def applicability(model, X, weights="shap", cv=None, sample: int = 2000, seed: i
     """Area of applicability of a fitted Downscaler's trend over the fine grid (Meyer and Pebesma 2021).
 
     The training rows are the block means of the covariates over the coarse cells the trend was
-    fitted on (and the station values, when they joined the trend); the new rows are the fine pixels. Features are weighted by their SHAP importance
-    (mean absolute SHAP value, :func:`global_importance`), so that covariates the trend ignores do
-    not count, and the threshold comes from the training dissimilarity with spatial folds held out.
+    fitted on (and the station values, when they joined the trend); the new rows are the fine
+    pixels. Features are weighted by their SHAP importance (mean absolute SHAP value,
+    :func:`global_importance`), so that covariates the trend ignores do not count, and the
+    threshold comes from the training dissimilarity with spatial folds held out.
 
     Parameters
     ----------

@@ -152,3 +152,21 @@ def test_applicability_flags_covariates_outside_the_training_range_weighted_by_s
     assert unweighted.values[36:, 36:].mean() < 0.1  # with equal weights `b` counts
     with pytest.raises(ValueError, match="needs a fitted downscale.Downscaler"):
         ds.explain.applicability(ds.Downscaler(), X)
+
+
+def test_applicability_counts_the_stations_that_joined_the_trend_as_training_rows():
+    """A station pixel is a training row of a trend the stations joined: its dissimilarity index is 0."""
+    scene = ds.datasets.synthetic_scene("soil_moisture", seed=1, shape=(120, 120), factor=10)
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, tpi_radii=(5000.0,))
+    model = ds.Downscaler(trend="linear", calibrate_std=False).fit(
+        scene.coarse, X, mask=scene.mask, stations=scene.stations
+    )
+    assert model.station_trend_
+    di, inside, _ = ds.explain.applicability(model, X, weights=None)
+    at_stations = ds.validation.extract_at_points(di, scene.stations)
+    np.testing.assert_allclose(at_stations, 0.0, atol=1e-12)
+    assert ds.validation.extract_at_points(inside, scene.stations).all()
+    # Without the station rows the same pixels are far from every training row.
+    model.station_trend_ = False
+    di_coarse, _, _ = ds.explain.applicability(model, X, weights=None)
+    assert np.all(ds.validation.extract_at_points(di_coarse, scene.stations) > 0)
