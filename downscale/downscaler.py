@@ -1154,6 +1154,9 @@ class Downscaler(BaseEstimator):
             coords["time"] = coarse["time"].values
             shape = (coarse.sizes["time"], *shape)
         template = xr.DataArray(np.zeros(shape), dims=dims, coords=coords)
+        if "time" not in dims and "time" in coarse.coords and coarse["time"].size == 1:
+            # One step of a series (coarse.isel(time=k)): the output keeps its date, and stations match it.
+            template = template.assign_coords(time=np.asarray(coarse["time"].values))
         crs = grid_module.get_crs(X) or grid_module.get_crs(coarse)
         return grid_module.set_crs(template, crs) if crs is not None else template
 

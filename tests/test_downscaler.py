@@ -462,6 +462,20 @@ def test_stations_with_a_time_column_calibrate_a_time_series():
     assert model.std_scale_stations_ == 30  # 15 stations x 2 days
 
 
+def test_one_step_of_a_series_keeps_its_date_and_its_own_stations():
+    scene = ds.datasets.synthetic_scene(
+        "lst", seed=2, shape=(100, 100), factor=FACTOR, n_times=3, n_stations=15
+    )
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, tpi_radii=(5000.0,))
+    day = scene.coarse.isel(time=1)
+    with pytest.warns(UserWarning, match="30 of 45 station records have no prediction time step"):
+        model = Downscaler(trend="linear", station_trend=False).fit(
+            day, X, mask=scene.mask, stations=scene.stations
+        )
+    assert model.std_scale_stations_ == 15  # that day's records only
+    assert model.predict(X)["time"].values == scene.coarse["time"].values[1]
+
+
 def test_trend_variance_is_computed_when_a_std_is_first_asked_for(scenes):
     """The trend variance's cross-validation refits the trend: a prediction without std skips it."""
     scene, X = scenes["lst"]

@@ -348,3 +348,19 @@ def test_conformal_scale_with_station_noise_leaves_the_noise_out_of_the_pixel_st
     assert calibrate_std(field, std, points, noise=8.0 / z).attrs["std_scale"] == pytest.approx(
         3.0
     )  # sqrt(100-64)/2
+
+
+def test_one_step_of_a_series_matches_only_the_records_of_its_date():
+    """field.isel(time=k) keeps a scalar time: the other days' records are left out, with a warning."""
+    scene = ds.datasets.synthetic_scene("lst", seed=0, shape=(100, 100), factor=10, n_times=3, n_stations=10)
+    day = scene.truth.isel(time=1)
+    with pytest.warns(UserWarning, match="20 of 30 station records have no prediction time step within"):
+        scores = ds.validation.station_scores(day, scene.stations)
+    assert scores.loc["overall", "n"] == 10
+    same_day = scene.stations[scene.stations["time"] == scene.truth["time"].values[1]]
+    expected = np.sqrt(
+        np.mean((same_day["value"].to_numpy() - ds.validation.extract_at_points(day, same_day)) ** 2)
+    )
+    assert scores.loc["overall", "rmse"] == pytest.approx(expected, rel=1e-12)
+    # A field without any time still matches every record.
+    assert ds.validation.station_scores(day.drop_vars("time"), scene.stations).loc["overall", "n"] == 30

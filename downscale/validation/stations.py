@@ -197,10 +197,22 @@ def _default_tolerance(times):
 
 
 def _time_indices(field, stations, tolerance, stacklevel=3):
-    """Index of the field's time step matching each station record (-1 where none matches)."""
+    """Index of the field's time step matching each station record (-1 where none matches).
+
+    A field without a time axis matches every record (None), unless it carries a scalar datetime
+    ``time`` coordinate (one step selected from a series, e.g. ``pred.isel(time=0)``) and the
+    stations have times: that step is then matched like a one-step axis.
+    """
     if "time" not in field.dims:
-        return None
-    field_times = np.asarray(field["time"].values)
+        scalar = field.coords.get("time")
+        if (
+            scalar is None
+            or scalar.size != 1
+            or "time" not in stations.columns
+            or not np.issubdtype(scalar.dtype, np.datetime64)
+        ):
+            return None
+    field_times = np.atleast_1d(np.asarray(field["time"].values))
     if "time" not in stations.columns:
         if field_times.size == 1:
             return np.zeros(len(stations), dtype=np.int64)
@@ -245,7 +257,9 @@ def match_times(field, stations, tolerance=None):
     Each record is matched to the nearest time step of the field within
     ``tolerance``: by default half the median time step of the field (12
     hours when it has a single time step). A field without a ``time``
-    dimension matches every record.
+    dimension matches every record, unless it keeps a scalar ``time``
+    coordinate (one step of a series, e.g. ``field.isel(time=0)``): then only
+    the records of that step match.
 
     Raises
     ------
@@ -268,7 +282,7 @@ def match_times(field, stations, tolerance=None):
         return stations.copy()
     keep = index >= 0
     out = stations.loc[keep].copy()
-    out["field_time"] = np.asarray(field["time"].values)[index[keep]]
+    out["field_time"] = np.atleast_1d(np.asarray(field["time"].values))[index[keep]]
     return out
 
 
@@ -343,8 +357,9 @@ def _sample(field, stations, method, tolerance, stacklevel=3):
         )
     values = np.asarray(field.values, dtype=np.float64)
     time_index = _time_indices(field, stations, tolerance, stacklevel=stacklevel + 1)
-    if time_index is None:
+    if values.ndim == 2:
         values = values[None]
+    if time_index is None:
         time_index = np.zeros(n, dtype=np.int64)
     matched = time_index >= 0
     t = np.where(matched, time_index, 0)
