@@ -142,7 +142,7 @@ def _selection_lines(model) -> list:
             verdict = "the trend is fitted on the coarse cells alone: the stations did not predict held-out stations better"
         lines += [
             "",
-            f"Stations in the trend: {verdict} (RMSE at held-out stations in the field's units; 2 % tie rule).",
+            f"Stations in the trend: {verdict} (RMSE at held-out stations in the field's units; they join when their drop in squared error exceeds one standard error).",
             "",
             markdown_table(stations, index=False),
         ]
