@@ -718,6 +718,7 @@ class Downscaler(BaseEstimator):
         left out (the calibration warns about them).
         """
         from .validation.stations import (
+            _check_value_column,
             _grid_positions,
             _location_ids,
             _nearest_cells,
@@ -725,11 +726,7 @@ class Downscaler(BaseEstimator):
             station_noise_values,
         )
 
-        if "value" not in stations.columns:
-            raise ValueError(
-                f"The stations have no column 'value' for the observations; their columns are "
-                f"{[c for c in stations.columns if c != 'geometry']}. Rename the observation column to 'value'."
-            )
+        _check_value_column(stations, "value", fix="Rename the observation column to 'value'.")
         template = self._fine_template(X, coarse)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the calibration reports stations outside the grid or time
@@ -741,9 +738,7 @@ class Downscaler(BaseEstimator):
         t = np.where(time_index >= 0, time_index, 0)
         covariates = features[np.minimum(t, features.shape[0] - 1), :, i, j]  # (records, covariates)
         observed = located["value"].to_numpy(dtype=np.float64)
-        low, high = self.bounds_
-        clipped = np.clip(observed, -np.inf if low is None else low, np.inf if high is None else high)
-        z = self.transform_.forward(clipped)
+        z = self.transform_.forward(_within(observed, self.bounds_))
         ok = inside & (time_index >= 0) & np.isfinite(z) & np.isfinite(covariates).all(axis=1)
         return {
             "t": t[ok],
@@ -815,6 +810,11 @@ class Downscaler(BaseEstimator):
         t, i, j = records["t"], records["i"], records["j"]
         observed = records["observed"]
 
+        def at_records(field, which=slice(None)):
+            """Values of a fine field ``(nt, ny, nx)`` at the station records ``which``."""
+            values = np.asarray(field.values, dtype=np.float64).reshape(nt, *self.fine_shape_)
+            return values[t[which], i[which], j[which]]
+
         fused = copy.copy(self)
         fused._use_station_trend()
         # Folds of station locations (a station's records over time stay together).
@@ -839,19 +839,11 @@ class Downscaler(BaseEstimator):
             if trend_variance is not None:
                 model.trend_variance_ = trend_variance
             out = model.predict(X, return_std=want_std)
-            fine = out[0] if want_std else out
-            values = np.asarray(fine.values, dtype=np.float64).reshape(nt, *self.fine_shape_)
-            predicted[test] = values[t[test], i[test], j[test]]
+            predicted[test] = at_records(out[0] if want_std else out, test)
             if want_std:
                 trend_variance = model.trend_variance_
-                sd = np.asarray(out[1].values, dtype=np.float64).reshape(nt, *self.fine_shape_)
-                spread[test] = sd[t[test], i[test], j[test]]
-        if plain is not None:
-            without = np.asarray(plain[0].values, dtype=np.float64).reshape(nt, *self.fine_shape_)[t, i, j]
-        else:
-            without = np.asarray(self.predict(X).values, dtype=np.float64).reshape(nt, *self.fine_shape_)[
-                t, i, j
-            ]
+                spread[test] = at_records(out[1], test)
+        without = at_records(plain[0] if plain is not None else self.predict(X))
         both = np.isfinite(predicted) & np.isfinite(without)
         rmse_without, rmse_with = (
             float(np.sqrt(np.mean((values[both] - observed[both]) ** 2))) if both.any() else np.nan
@@ -1107,7 +1099,7 @@ class Downscaler(BaseEstimator):
                 f"(coherence is with the clipped values).",
                 stacklevel=3,
             )
-            values = np.clip(values, -np.inf if low is None else low, np.inf if high is None else high)
+            values = _within(values, bounds)
         return values
 
     def _check_covariate_gaps(self, features, values, factor):
@@ -1385,11 +1377,8 @@ class Downscaler(BaseEstimator):
         residual, variance = self._residual_fine(template, nt)
         z = trend + residual
         prediction = self.transform_.inverse(z)
-        low, high = self.bounds_
-        if low is not None or high is not None:
-            prediction = np.clip(
-                prediction, -np.inf if low is None else low, np.inf if high is None else high
-            )
+        if self.bounds_ != (None, None):
+            prediction = _within(prediction, self.bounds_)
         prediction = np.where(valid_pixels, prediction, np.nan)
         fine = template.copy(data=prediction.reshape(template.shape))
         if self.residual == "atpk":
@@ -1494,6 +1483,12 @@ class Downscaler(BaseEstimator):
         residual = ((truth[ok] - back[ok]) ** 2).sum()
         total = ((truth[ok] - truth[ok].mean()) ** 2).sum()
         return float(1 - residual / total) if total > 0 else float(residual == 0)
+
+
+def _within(values, bounds):
+    """``values`` clipped to ``bounds`` = (low, high), either of which may be None (no bound)."""
+    low, high = bounds
+    return np.clip(values, -np.inf if low is None else low, np.inf if high is None else high)
 
 
 def _gain_in_standard_errors(gain, groups):

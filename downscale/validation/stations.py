@@ -154,6 +154,15 @@ def _location_ids(stations):
     return np.array([f"S{i:03d}" for i in inverse.ravel()], dtype=object)
 
 
+def _check_value_column(stations, value, fix="Pass value='<column name>'."):
+    """The error every station function gives when the observation column ``value`` is missing."""
+    if value not in stations.columns:
+        raise ValueError(
+            f"The stations have no column {value!r} for the observations; their columns are "
+            f"{[c for c in stations.columns if c != 'geometry']}. {fix}"
+        )
+
+
 def _station_ids(stations):
     if "station_id" in stations.columns:
         return stations["station_id"].astype(str).to_numpy()
@@ -501,11 +510,7 @@ def station_scores(
     >>> scores["bias"].round(3).tolist()
     [-0.5, 0.0, 1.0, 0.167]
     """
-    if value not in stations.columns:
-        raise ValueError(
-            f"The stations have no column {value!r} for the observations; their columns are "
-            f"{[c for c in stations.columns if c != 'geometry']}. Pass value='<column name>'."
-        )
+    _check_value_column(stations, value)
     predicted = _sample(pred, stations, method, tolerance)
     coarse_values = None
     if coarse is not None:
@@ -698,11 +703,7 @@ def calibrate_std(
     """
     if not 0 < coverage < 1:
         raise ValueError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage!r}.")
-    if value not in stations.columns:
-        raise ValueError(
-            f"The stations have no column {value!r} for the observations; their columns are "
-            f"{list(stations.columns)}. Pass value='<column>'."
-        )
+    _check_value_column(stations, value)
     if not isinstance(std, xr.DataArray) or std.dims != pred.dims or std.shape != pred.shape:
         raise ValueError(
             f"std must be a DataArray on the grid of pred (dims {pred.dims}, shape {pred.shape}), got "
