@@ -81,6 +81,12 @@ class Scene:
         Fine cells per coarse cell along each axis.
     bounds : (float or None, float or None)
         Physical range of the variable.
+    extra : dict of str to xarray.DataArray
+        Further fine covariates a user of this variable would have, ready for
+        ``covariates.build(extra=scene.extra)``: for NO2 an emission inventory
+        (``"emissions"``, with errors, see :func:`synthetic_scene`); empty for the others.
+    attrs : dict
+        ``seed`` and ``truth_std`` (the standard deviation of the truth).
     """
 
     variable: str
@@ -92,6 +98,7 @@ class Scene:
     stations: object
     factor: int
     bounds: tuple = (None, None)
+    extra: dict = field(default_factory=dict)
     attrs: dict = field(default_factory=dict)
 
     def __repr__(self):
@@ -192,6 +199,33 @@ def _station_table(truth, mask, n_stations, noise_std, rng, bounds, crs):
     return gpd.GeoDataFrame(table, geometry=gpd.points_from_xy(table["x"], table["y"]), crs=crs)
 
 
+#: Errors of the NO2 scene's emission inventory: log-normal spread of each source's strength, the
+#: Gaussian radius (km) over which the inventory spreads a source, and its spurious minor entries.
+INVENTORY_STRENGTH_ERROR = 0.3
+INVENTORY_SPREAD_KM = 3.0
+INVENTORY_SPURIOUS_SOURCES = 15
+
+
+def _emission_inventory(sources, strengths, land, elevation, length, seed):
+    """An emission inventory of the NO2 scene's emitters, with the errors a real one has.
+
+    Each emitter's strength is off by a log-normal factor (``INVENTORY_STRENGTH_ERROR``) and
+    spread over ``INVENTORY_SPREAD_KM`` (an inventory maps a city or a plant site, not a
+    stack); ``INVENTORY_SPURIOUS_SOURCES`` minor entries (5-40, the emitters are 100-300) have no
+    counterpart in the truth. The inventory is static: it knows nothing of the day's wind, so it
+    places the hot spots but not their plumes. Its random numbers are a stream of their own, so
+    the scene's truth and stations do not depend on it.
+    """
+    rng = np.random.default_rng([seed, 1])
+    point = np.zeros(land.shape)
+    for (row, col), strength in zip(sources, strengths, strict=True):
+        point[row, col] += strength * np.exp(INVENTORY_STRENGTH_ERROR * rng.standard_normal())
+    lowland = np.argwhere(land & (elevation < np.quantile(elevation[land], 0.3)))
+    for row, col in lowland[rng.choice(len(lowland), size=INVENTORY_SPURIOUS_SOURCES)]:
+        point[row, col] += rng.uniform(5, 40)
+    return ndimage.gaussian_filter(point, INVENTORY_SPREAD_KM * length)
+
+
 def synthetic_scene(
     variable: str = "lst",
     seed: int = 0,
@@ -219,7 +253,10 @@ def synthetic_scene(
     - ``"no2"``: tropospheric column (umol m-2) = 20 background + 4-6
       emission hot spots in the lowlands with Gaussian plumes stretched
       downwind, attenuated with altitude as exp(-z / 1.5 km), times a small
-      log-normal noise. >= 0.
+      log-normal noise. >= 0. The emitters stay put over the days; the wind
+      turns every day. ``scene.extra["emissions"]`` is an emission inventory
+      of them, with errors (:data:`INVENTORY_STRENGTH_ERROR` and the constants
+      after it): the covariate a NO2 downscaling would use.
     - ``"soil_moisture"``: volumetric (m3 m-3) = porosity 0.45 x a sigmoid of
       a topographic wetness index (wet valley bottoms, dry ridges and steep
       slopes), vegetation and a smooth rain anomaly; bounded to
@@ -294,6 +331,7 @@ def synthetic_scene(
 
     times = pd.date_range("2024-06-01", periods=n_times, freq="D")
     fields = []
+    sources = strengths = None  # NO2 emitters (rows and columns) and their strengths
     for _ in range(n_times):
         if variable == "lst":
             anomaly = _gaussian_field((ny, nx), 30 * length, rng)
@@ -323,9 +361,12 @@ def synthetic_scene(
         elif variable == "no2":
             values = np.full((ny, nx), 20.0)
             yy, xx = np.mgrid[0:ny, 0:nx].astype(float)
-            lowland = np.argwhere(land & (elevation < np.quantile(elevation[land], 0.3)))
-            wind = rng.uniform(0, 2 * np.pi)
-            for source in lowland[rng.choice(len(lowland), size=rng.integers(4, 7), replace=False)]:
+            wind = rng.uniform(0, 2 * np.pi)  # a new wind every day
+            if sources is None:  # the emitters are drawn on the first day and stay put
+                lowland = np.argwhere(land & (elevation < np.quantile(elevation[land], 0.3)))
+                sources = lowland[rng.choice(len(lowland), size=rng.integers(4, 7), replace=False)]
+                strengths = rng.uniform(100, 300, size=len(sources))
+            for source, strength in zip(sources, strengths, strict=True):
                 dy, dx = yy - source[0], xx - source[1]
                 along = dx * np.cos(wind) + dy * np.sin(wind)
                 across = -dx * np.sin(wind) + dy * np.cos(wind)
@@ -334,7 +375,7 @@ def synthetic_scene(
                     -np.clip(along, 0, None) / (40 * length)
                 )
                 plume *= np.exp(-(np.clip(-along, 0, None) ** 2) / (2 * (4 * length) ** 2))
-                values += rng.uniform(100, 300) * plume * (4 * length) / width
+                values += strength * plume * (4 * length) / width
             values = values * np.exp(-z_km / 1.5) * np.exp(0.08 * rng.standard_normal((ny, nx)))
         else:  # soil moisture
             rain = _gaussian_field((ny, nx), 40 * length, rng)
@@ -391,6 +432,19 @@ def synthetic_scene(
         xr.DataArray(land, dims=("y", "x"), coords=spatial, name="land", attrs={"long_name": "land mask"}),
         crs,
     )
+    extra = {}
+    if variable == "no2":
+        inventory = _emission_inventory(sources, strengths, land, elevation, length, seed)
+        extra["emissions"] = grid_module.set_crs(
+            xr.DataArray(
+                inventory,
+                dims=("y", "x"),
+                coords=spatial,
+                name="emissions",
+                attrs={"long_name": "NOx emission inventory", "units": "t km-2 yr-1"},
+            ),
+            crs,
+        )
     spread = float(np.nanstd(truth.values))
     noise = {
         "lst": lambda v: 0.5,
@@ -409,5 +463,6 @@ def synthetic_scene(
         stations=stations,
         factor=int(factor),
         bounds=meta["bounds"],
+        extra=extra,
         attrs={"seed": seed, "truth_std": spread},
     )

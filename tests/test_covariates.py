@@ -247,6 +247,17 @@ def test_build_accepts_any_subset(scene):
     assert only_extra["raw"].attrs == {"long_name": "raw", "units": "unknown", "grid_mapping": "spatial_ref"}
     with pytest.raises(ValueError, match="build needs at least one gridded input"):
         ds.covariates.build(location=True)
+    # The same covariate given as a dict, a named DataArray or a Dataset.
+    named = elevation_km.rename("elevation_km")
+    for extra in (named, named.to_dataset()):
+        again = ds.covariates.build(extra=extra)
+        xr.testing.assert_identical(again["elevation_km"], only_extra["elevation_km"])
+    with pytest.raises(ValueError, match=r"extra is a DataArray without a name.*extra=field.rename"):
+        ds.covariates.build(extra=elevation_km.rename(None))
+    with pytest.raises(
+        TypeError, match="extra must be a dict of name to DataArray, a Dataset or a named DataArray, got list"
+    ):
+        ds.covariates.build(extra=[elevation_km])
 
 
 def test_build_with_an_ndvi_series_has_time_only_where_it_varies(scene):

@@ -2,10 +2,13 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 import downscale as ds
 
 VARIABLES = ["lst", "precipitation", "no2", "soil_moisture"]
+#: Sum of the NO2 truth, seed 1, 100 x 100, as generated before the scene had an emission inventory.
+PINNED_NO2_SUM = 163868.81385045074
 
 
 @pytest.fixture(scope="module", params=VARIABLES)
@@ -62,6 +65,41 @@ def test_no2_is_lower_at_altitude():
     high = scene.dem.values > 2000
     low = (scene.dem.values < 500) & scene.mask.values
     assert np.median(scene.truth.values[high]) < np.median(scene.truth.values[low])
+
+
+def test_no2_emission_inventory_places_the_hot_spots_but_not_their_plumes():
+    scene = ds.datasets.synthetic_scene("no2", seed=0, n_times=2, shape=(200, 200), factor=10)
+    inventory = scene.extra["emissions"]
+    assert list(scene.extra) == ["emissions"] and inventory.dims == ("y", "x")
+    assert inventory.attrs["units"] and ds.grid.get_crs(inventory).to_epsg() == 32632
+    np.testing.assert_array_equal(inventory.x.values, scene.truth.x.values)
+    assert float(inventory.min()) >= 0
+    # The emitters stay put and the wind turns: each day's hottest pixel is within 10 km of an
+    # inventory peak above a quarter of its maximum (the spurious entries are below that).
+    peaks = np.argwhere(
+        (inventory.values == ndimage.maximum_filter(inventory.values, size=5))
+        & (inventory.values > 0.25 * float(inventory.max()))
+    )
+    for day in range(2):
+        hottest = np.unravel_index(int(np.argmax(scene.truth.isel(time=day).values)), inventory.shape)
+        assert np.min(np.hypot(*(peaks - np.array(hottest)).T)) <= 10
+    assert not np.allclose(scene.truth.isel(time=0).values, scene.truth.isel(time=1).values)
+    # The inventory explains what elevation (the altitude attenuation) does not: the log of the
+    # truth, less its linear fit on elevation, correlates with the log of the inventory (0.59 measured).
+    log_truth = np.log(scene.truth.isel(time=0).values.ravel())
+    elevation = scene.dem.values.ravel()
+    left = log_truth - np.polyval(np.polyfit(elevation, log_truth, 1), elevation)
+    assert np.corrcoef(np.log1p(inventory.values.ravel()), left)[0, 1] > 0.5
+    for variable in ("lst", "precipitation", "soil_moisture"):
+        assert ds.datasets.synthetic_scene(variable, seed=0, shape=(40, 40), factor=10).extra == {}
+
+
+def test_the_inventory_has_its_own_random_numbers():
+    """The NO2 truth and stations are what they were before the scene had an inventory (pinned values)."""
+    scene = ds.datasets.synthetic_scene("no2", seed=1, shape=(100, 100), factor=10)
+    again = ds.datasets.synthetic_scene("no2", seed=1, shape=(100, 100), factor=10)
+    np.testing.assert_array_equal(scene.extra["emissions"].values, again.extra["emissions"].values)
+    assert float(scene.truth.values.sum()) == pytest.approx(PINNED_NO2_SUM, rel=1e-12)
 
 
 def test_multi_time_scene_and_determinism():

@@ -28,6 +28,7 @@ For non-linear features this is a choice, stated here so it can be judged:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import xarray as xr
 
@@ -62,6 +63,27 @@ def _on_grid(field, template, name):
     return field.assign_coords(y=template["y"].values, x=template["x"].values)
 
 
+def _extra_fields(extra) -> dict:
+    """The ``extra`` covariates as a dict of name to DataArray, from a dict, a Dataset or a named DataArray."""
+    if extra is None:
+        return {}
+    if isinstance(extra, xr.Dataset):
+        return {str(name): field for name, field in extra.data_vars.items()}
+    if isinstance(extra, xr.DataArray):
+        if extra.name is None:
+            raise ValueError(
+                "extra is a DataArray without a name, so the covariate would have none; "
+                "name it (extra=field.rename('emissions')) or pass a dict, extra={'emissions': field}."
+            )
+        return {str(extra.name): extra}
+    if isinstance(extra, Mapping):
+        return dict(extra)
+    raise TypeError(
+        "extra must be a dict of name to DataArray, a Dataset or a named DataArray, "
+        f"got {type(extra).__name__}."
+    )
+
+
 def build(
     dem=None,
     ndvi=None,
@@ -93,8 +115,9 @@ def build(
     location : bool or dict
         Add coordinates (``easting``, ``northing``, ``lon``, ``lat``, ``oblique_<angle>``); a dict is
         passed to :func:`downscale.covariates.location.location_features`.
-    extra : dict of str to xarray.DataArray, optional
-        Further covariates already on the fine grid, added as they are.
+    extra : dict of str to xarray.DataArray, xarray.Dataset or named xarray.DataArray, optional
+        Further covariates already on the fine grid, added as they are (e.g. an emission
+        inventory for NO2: ``extra=scene.extra`` for a synthetic scene).
     land : xarray.DataArray of bool, optional
         Land mask: adds ``distance_to_coast`` and keeps NDVI gap filling on land.
     features : sequence of str, optional
@@ -125,7 +148,7 @@ def build(
     >>> X["slope"].attrs["units"]
     'degree'
     """
-    extra = dict(extra or {})
+    extra = _extra_fields(extra)
     template = _template_of(dem, ndvi, red, extra, land)
     if template is None:
         raise ValueError(
