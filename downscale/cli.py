@@ -254,8 +254,8 @@ def _demo(args) -> int:
         f"  coarse {scene.coarse.sizes['y']} x {scene.coarse.sizes['x']} cells -> fine "
         f"{scene.truth.sizes['y']} x {scene.truth.sizes['x']} cells (factor {factor})"
     )
-    step("Building covariates (terrain, NDVI, location)")
-    covariates = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
+    step("Building covariates (terrain, NDVI, location" + "".join(f", {name}" for name in scene.extra) + ")")
+    covariates = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, extra=scene.extra)
     step(f"  {len(covariates.data_vars)} covariates: {', '.join(covariates.data_vars)}")
     params = {} if args.trend is None else {"trend": args.trend}
     if args.calibrate == "none":
