@@ -109,7 +109,7 @@ def positive_control():
     print(f"{'scene':14s} {'chosen':>16s} {'default':>9s} {header} {'ratio':>6s} {'bilinear':>9s}")
     for variable in ("lst", "precipitation", "no2", "soil_moisture"):
         scene = ds.datasets.synthetic_scene(variable, seed=0)
-        X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
+        X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, extra=scene.extra)
         mask = scene.mask if ds.datasets.VARIABLES[scene.variable]["land_only"] else None
         auto = Downscaler(calibrate_std=False).fit(scene.coarse, X, mask=mask)
         default = rmse(auto.predict(X), scene.truth)

@@ -77,7 +77,7 @@ def main(argv=None):
         scene = ds.datasets.synthetic_scene(
             variable, seed=args.seed, n_times=n_times, shape=shape, factor=factor
         )
-        X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True)
+        X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, extra=scene.extra)
         mask = scene.mask if ds.datasets.VARIABLES[scene.variable]["land_only"] else None
         truth = scene.truth.values
         bilinear = ds.grid.upsample(scene.coarse, factor, "bilinear")
