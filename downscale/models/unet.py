@@ -41,6 +41,9 @@ NO2            1.18 / - / -           1.00 / 1.00 / 0.98    0.98 / 0.99 / 0.97
 soil moisture  - / - / -              0.95 / 0.96 / 0.96    0.94 / 0.93 / 0.92
 =============  =====================  ====================  ========================
 
+(The NO2 row is of the scene before its emitters stayed put over the days and came with an emission
+inventory; with the inventory among the covariates, seed 0, per pixel: 0.985.)
+
 Without the clip the 1 km channels, far outside the training range, gave 20
 to 60 times bilinear's RMSE for precipitation and NO2. When no covariate
 passes, the model is the coherent baseline (with a warning). In supervised
