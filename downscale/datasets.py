@@ -105,7 +105,9 @@ class Scene:
         shape = dict(self.truth.sizes)
         return (
             f"<Scene {self.variable!r}: fine {shape}, factor {self.factor}, "
-            f"coarse {dict(self.coarse.sizes)}, {len(self.stations)} station records>"
+            f"coarse {dict(self.coarse.sizes)}, {len(self.stations)} station records"
+            + (f", extra covariates {', '.join(self.extra)}" if self.extra else "")
+            + ">"
         )
 
 
@@ -300,6 +302,15 @@ def synthetic_scene(
     >>> diff = ds.grid.block_mean(scene.truth, 10) - scene.coarse
     >>> bool(abs(diff).max() < 1e-9)
     True
+
+    A NO2 scene comes with the emission inventory a NO2 downscaling would use as a covariate:
+
+    >>> no2 = ds.datasets.synthetic_scene("no2", seed=0, shape=(100, 100), factor=10)
+    >>> no2
+    <Scene 'no2': fine {'y': 100, 'x': 100}, factor 10, coarse {'y': 10, 'x': 10}, 40 station records, extra covariates emissions>
+    >>> X = ds.covariates.build(dem=no2.dem, features=["elevation"], extra=no2.extra)
+    >>> list(X.data_vars)
+    ['elevation', 'emissions']
     """
     variable = _ALIASES.get(variable, variable)
     if variable not in VARIABLES:
