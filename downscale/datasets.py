@@ -419,42 +419,26 @@ def synthetic_scene(
     coarse.attrs = dict(attrs)
 
     spatial = {"y": template["y"], "x": template["x"]}
-    dem = grid_module.set_crs(
-        xr.DataArray(
-            elevation,
-            dims=("y", "x"),
-            coords=spatial,
-            name="elevation",
-            attrs={"standard_name": "height_above_mean_sea_level", "long_name": "elevation", "units": "m"},
-        ),
-        crs,
+
+    def on_grid(values, name, attrs):
+        """A field on the fine grid, with its name, attributes and the CRS."""
+        return grid_module.set_crs(
+            xr.DataArray(values, dims=("y", "x"), coords=spatial, name=name, attrs=attrs), crs
+        )
+
+    dem = on_grid(
+        elevation,
+        "elevation",
+        {"standard_name": "height_above_mean_sea_level", "long_name": "elevation", "units": "m"},
     )
-    ndvi_da = grid_module.set_crs(
-        xr.DataArray(
-            ndvi,
-            dims=("y", "x"),
-            coords=spatial,
-            name="ndvi",
-            attrs={"long_name": "normalized difference vegetation index", "units": "1"},
-        ),
-        crs,
-    )
-    mask = grid_module.set_crs(
-        xr.DataArray(land, dims=("y", "x"), coords=spatial, name="land", attrs={"long_name": "land mask"}),
-        crs,
-    )
+    ndvi_da = on_grid(ndvi, "ndvi", {"long_name": "normalized difference vegetation index", "units": "1"})
+    mask = on_grid(land, "land", {"long_name": "land mask"})
     extra = {}
     if variable == "no2":
-        inventory = _emission_inventory(sources, strengths, land, elevation, length, seed)
-        extra["emissions"] = grid_module.set_crs(
-            xr.DataArray(
-                inventory,
-                dims=("y", "x"),
-                coords=spatial,
-                name="emissions",
-                attrs={"long_name": "NOx emission inventory", "units": "t km-2 yr-1"},
-            ),
-            crs,
+        extra["emissions"] = on_grid(
+            _emission_inventory(sources, strengths, land, elevation, length, seed),
+            "emissions",
+            {"long_name": "NOx emission inventory", "units": "t km-2 yr-1"},
         )
     spread = float(np.nanstd(truth.values))
     noise = {
