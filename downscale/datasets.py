@@ -208,21 +208,20 @@ INVENTORY_SPREAD_KM = 3.0
 INVENTORY_SPURIOUS_SOURCES = 15
 
 
-def _emission_inventory(sources, strengths, land, elevation, length, seed):
+def _emission_inventory(sources, strengths, lowland, shape, length, seed):
     """An emission inventory of the NO2 scene's emitters, with the errors a real one has.
 
     Each emitter's strength is off by a log-normal factor (``INVENTORY_STRENGTH_ERROR``) and
     spread over ``INVENTORY_SPREAD_KM`` (an inventory maps a city or a plant site, not a
-    stack); ``INVENTORY_SPURIOUS_SOURCES`` minor entries (5-40, the emitters are 100-300) have no
-    counterpart in the truth. The inventory is static: it knows nothing of the day's wind, so it
+    stack); ``INVENTORY_SPURIOUS_SOURCES`` minor entries (5-40, the emitters are 100-300), at
+    random pixels of the ``lowland`` the emitters were drawn from, have no counterpart in the truth. The inventory is static: it knows nothing of the day's wind, so it
     places the hot spots but not their plumes. Its random numbers are a stream of their own, so
     the scene's truth and stations do not depend on it.
     """
     rng = np.random.default_rng([seed, 1])
-    point = np.zeros(land.shape)
+    point = np.zeros(shape)
     for (row, col), strength in zip(sources, strengths, strict=True):
         point[row, col] += strength * np.exp(INVENTORY_STRENGTH_ERROR * rng.standard_normal())
-    lowland = np.argwhere(land & (elevation < np.quantile(elevation[land], 0.3)))
     for row, col in lowland[rng.choice(len(lowland), size=INVENTORY_SPURIOUS_SOURCES)]:
         point[row, col] += rng.uniform(5, 40)
     return ndimage.gaussian_filter(point, INVENTORY_SPREAD_KM * length)
@@ -342,7 +341,9 @@ def synthetic_scene(
 
     times = pd.date_range("2024-06-01", periods=n_times, freq="D")
     fields = []
-    sources = strengths = None  # NO2 emitters (rows and columns) and their strengths
+    sources = strengths = lowland = (
+        None  # NO2 emitters (rows and columns), their strengths, where they may be
+    )
     for _ in range(n_times):
         if variable == "lst":
             anomaly = _gaussian_field((ny, nx), 30 * length, rng)
@@ -436,7 +437,7 @@ def synthetic_scene(
     extra = {}
     if variable == "no2":
         extra["emissions"] = on_grid(
-            _emission_inventory(sources, strengths, land, elevation, length, seed),
+            _emission_inventory(sources, strengths, lowland, (ny, nx), length, seed),
             "emissions",
             {"long_name": "NOx emission inventory", "units": "t km-2 yr-1"},
         )
