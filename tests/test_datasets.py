@@ -7,8 +7,10 @@ from scipy import ndimage
 import downscale as ds
 
 VARIABLES = ["lst", "precipitation", "no2", "soil_moisture"]
-#: Sum of the NO2 truth, seed 1, 100 x 100, as generated before the scene had an emission inventory.
+#: Sums of the NO2 truth and station values, seed 1, 100 x 100, as generated before the scene had an
+#: emission inventory (the stations are drawn after it: they would change if it used the scene's stream).
 PINNED_NO2_SUM = 163868.81385045074
+PINNED_NO2_STATION_SUM = 727.0988651271234
 
 
 @pytest.fixture(scope="module", params=VARIABLES)
@@ -100,6 +102,7 @@ def test_the_inventory_has_its_own_random_numbers():
     again = ds.datasets.synthetic_scene("no2", seed=1, shape=(100, 100), factor=10)
     np.testing.assert_array_equal(scene.extra["emissions"].values, again.extra["emissions"].values)
     assert float(scene.truth.values.sum()) == pytest.approx(PINNED_NO2_SUM, rel=1e-12)
+    assert float(scene.stations["value"].sum()) == pytest.approx(PINNED_NO2_STATION_SUM, rel=1e-12)
 
 
 def test_multi_time_scene_and_determinism():
