@@ -1413,9 +1413,9 @@ class Downscaler(BaseEstimator):
         if trend == "auto":
             trend = f"auto (chose {self.selected_trend_}"
             trend += f", weight {self.trend_weight_:.2f})" if self.selected_trend_ != "none" else ")"
-        if len(self.features_used_) < len(self.feature_names_):
-            trend += f" on {len(self.features_used_)} of {len(self.feature_names_)}"
         source = "block-mean covariates"
+        if len(self.features_used_) < len(self.feature_names_):
+            source = f"{len(self.features_used_)} of {len(self.feature_names_)} {source}"
         if getattr(self, "station_trend_", False):
             source += f" and {self.station_values_} station values"
         residual = "area-to-point kriging of the coarse residuals" if self.residual == "atpk" else "none"

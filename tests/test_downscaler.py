@@ -361,7 +361,15 @@ def test_stations_join_the_trend_when_they_predict_held_out_stations_better(scen
     assert table.loc["coarse cells", "station_rmse"] == pytest.approx(np.sqrt(np.mean(error**2)), rel=1e-12)
     # Stations see every covariate, also those whose block means keep little of their spread.
     assert len(model.features_used_) == len(model.feature_names_) > len(without.features_used_)
-    assert "station values" in model.predict(X).attrs["downscale_method"]
+    n_used, n_all = len(without.features_used_), len(without.feature_names_)
+    assert (
+        f" on {n_used} of {n_all} block-mean covariates; residual: "
+        in without.predict(X).attrs["downscale_method"]
+    )
+    assert (
+        f" on block-mean covariates and {model.station_values_} station values; residual: "
+        in (model.predict(X).attrs["downscale_method"])
+    )
     # Against the truth: better, still coherent and within bounds.
     fine = model.predict(X)
     assert rmse(fine) < 0.9 * rmse(without.predict(X))
