@@ -34,6 +34,12 @@ coarse cells the candidates are all but tied (unshrunk out-of-fold RMSE, logit s
 linear 0.484, rf 0.483, lightgbm 0.503), so nothing the coarse data show says that the trees' use of
 slope and TPI pays off at 1 km; that target is pinned as a strict expected failure.
 As a fraction of bilinear the default gives lst 0.51, precipitation 0.51, no2 0.77, soil moisture 0.96.
+Its 90 % intervals, calibrated by the Wald protocol, cover lst 0.77, precipitation 0.96, no2 0.88 and
+soil moisture 0.30 of the truth pixels (seed 1: 0.56, 0.96, 0.79, 0.18). The Wald scale (0.22-0.61)
+narrows an uncalibrated std that covers 0.97-1.00 except on soil moisture (0.73-0.91); the scale that
+would be right is 0.65-2.2 times it on the first three scenes and 3.9-6.6 times on soil moisture,
+whose error sits inside the coarse cells where the protocol cannot see it. Pinned as strict expected
+failures for lst and soil moisture.
 """
 
 import numpy as np
@@ -47,6 +53,7 @@ pytestmark = pytest.mark.slow
 
 RATIO_MET = {"lst": True, "precipitation": False, "no2": True, "soil_moisture": False}
 COVERAGE_MET = {"lst": True, "precipitation": True, "no2": True, "soil_moisture": False}
+DEFAULT_COVERAGE_MET = {"lst": False, "precipitation": True, "no2": True, "soil_moisture": False}
 STATION_COVERAGE_MET = {"lst": False, "precipitation": True, "no2": True, "soil_moisture": True}
 DEFAULT_RATIO_MET = {"lst": True, "precipitation": True, "no2": True, "soil_moisture": False}
 POSITIVE_CONTROL_MET = {"lst": True, "precipitation": True, "no2": True, "soil_moisture": False}
@@ -81,7 +88,8 @@ def result(request):
     def rmse(field):
         return float(np.sqrt(np.nanmean((field.values - scene.truth.values)[valid] ** 2)))
 
-    auto = Downscaler(calibrate_std=False).fit(scene.coarse, X, mask=mask)
+    auto = Downscaler().fit(scene.coarse, X, mask=mask)
+    fine_default, std_default = auto.predict(X, return_std=True)
     candidates = {}
     for name in AUTO_CANDIDATES:
         used = [
@@ -100,7 +108,9 @@ def result(request):
 
     return dict(
         variable=variable,
-        rmse_default=rmse(auto.predict(X)),
+        rmse_default=rmse(fine_default),
+        fine_default=fine_default,
+        std_default=std_default,
         rmse_candidates=candidates,
         rmse_default_stations=rmse(auto_stations.predict(X)),
         rmse_candidates_stations=candidates_stations,
@@ -144,6 +154,15 @@ def test_rmse_at_most_0_8_of_bilinear(result, request):
 def test_90_percent_intervals_cover_80_to_97_percent(result, request):
     _xfail_unless(COVERAGE_MET, result, request, "std calibration misses (see module notes)")
     fine, std, truth = result["fine"], result["std"], result["scene"].truth
+    inside = np.abs(fine.values - truth.values) <= 1.6448536269514722 * std.values
+    coverage = float(np.mean(inside[result["valid"]]))
+    assert 0.80 <= coverage <= 0.97, coverage
+
+
+def test_90_percent_intervals_of_the_default_cover_80_to_97_percent(result, request):
+    """The default's std, calibrated by the Wald protocol (no stations)."""
+    _xfail_unless(DEFAULT_COVERAGE_MET, result, request, "Wald calibration too narrow (see module notes)")
+    fine, std, truth = result["fine_default"], result["std_default"], result["scene"].truth
     inside = np.abs(fine.values - truth.values) <= 1.6448536269514722 * std.values
     coverage = float(np.mean(inside[result["valid"]]))
     assert 0.80 <= coverage <= 0.97, coverage
