@@ -67,6 +67,12 @@ def _xfail_unless(met, result, request, reason):
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
+def _coverage_of_90_percent_intervals(fine, std, truth, valid):
+    """Share of the valid truth pixels inside fine +- 1.645 std (nominal 90 % intervals)."""
+    inside = np.abs(fine.values - truth.values) <= 1.6448536269514722 * std.values
+    return float(np.mean(inside[valid]))
+
+
 @pytest.fixture(scope="module", params=["lst", "precipitation", "no2", "soil_moisture"])
 def result(request):
     variable = request.param
@@ -154,8 +160,7 @@ def test_rmse_at_most_0_8_of_bilinear(result, request):
 def test_90_percent_intervals_cover_80_to_97_percent(result, request):
     _xfail_unless(COVERAGE_MET, result, request, "std calibration misses (see module notes)")
     fine, std, truth = result["fine"], result["std"], result["scene"].truth
-    inside = np.abs(fine.values - truth.values) <= 1.6448536269514722 * std.values
-    coverage = float(np.mean(inside[result["valid"]]))
+    coverage = _coverage_of_90_percent_intervals(fine, std, truth, result["valid"])
     assert 0.80 <= coverage <= 0.97, coverage
 
 
@@ -163,8 +168,7 @@ def test_90_percent_intervals_of_the_default_cover_80_to_97_percent(result, requ
     """The default's std, calibrated by the Wald protocol (no stations)."""
     _xfail_unless(DEFAULT_COVERAGE_MET, result, request, "Wald calibration too narrow (see module notes)")
     fine, std, truth = result["fine_default"], result["std_default"], result["scene"].truth
-    inside = np.abs(fine.values - truth.values) <= 1.6448536269514722 * std.values
-    coverage = float(np.mean(inside[result["valid"]]))
+    coverage = _coverage_of_90_percent_intervals(fine, std, truth, result["valid"])
     assert 0.80 <= coverage <= 0.97, coverage
 
 
@@ -173,8 +177,7 @@ def test_90_percent_intervals_calibrated_at_the_stations_cover_80_to_97_percent(
     fine, std, truth = result["fine_stations"], result["std_stations"], result["scene"].truth
     if not result["at_stations"].station_trend_:  # the stations then only scale the std
         np.testing.assert_array_equal(fine.values, result["fine"].values)
-    inside = np.abs(fine.values - truth.values) <= 1.6448536269514722 * std.values
-    coverage = float(np.mean(inside[result["valid"]]))
+    coverage = _coverage_of_90_percent_intervals(fine, std, truth, result["valid"])
     assert 0.80 <= coverage <= 0.97, coverage
 
 
