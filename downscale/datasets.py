@@ -214,9 +214,10 @@ def _emission_inventory(sources, strengths, lowland, shape, length, seed):
     Each emitter's strength is off by a log-normal factor (``INVENTORY_STRENGTH_ERROR``) and
     spread over ``INVENTORY_SPREAD_KM`` (an inventory maps a city or a plant site, not a
     stack); ``INVENTORY_SPURIOUS_SOURCES`` minor entries (5-40, the emitters are 100-300), at
-    random pixels of the ``lowland`` the emitters were drawn from, have no counterpart in the truth. The inventory is static: it knows nothing of the day's wind, so it
-    places the hot spots but not their plumes. Its random numbers are a stream of their own, so
-    the scene's truth and stations do not depend on it.
+    random pixels of the ``lowland`` the emitters were drawn from, have no counterpart in the
+    truth. The inventory is static: it knows nothing of the day's wind, so it places the hot
+    spots but not their plumes. Its random numbers are a stream of their own, so the scene's
+    truth and stations do not depend on it.
     """
     rng = np.random.default_rng([seed, 1])
     point = np.zeros(shape)
@@ -341,9 +342,8 @@ def synthetic_scene(
 
     times = pd.date_range("2024-06-01", periods=n_times, freq="D")
     fields = []
-    sources = strengths = lowland = (
-        None  # NO2 emitters (rows and columns), their strengths, where they may be
-    )
+    # NO2: the emitters (rows and columns), their strengths, and the lowland pixels they are drawn from.
+    sources = strengths = lowland = None
     for _ in range(n_times):
         if variable == "lst":
             anomaly = _gaussian_field((ny, nx), 30 * length, rng)
