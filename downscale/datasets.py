@@ -84,7 +84,9 @@ class Scene:
     extra : dict of str to xarray.DataArray
         Further fine covariates a user of this variable would have, ready for
         ``covariates.build(extra=scene.extra)``: for NO2 an emission inventory
-        (``"emissions"``, with errors, see :func:`synthetic_scene`); empty for the others.
+        (``"emissions"``, with errors), for soil moisture a 1 km land surface
+        temperature (``"lst"``, with a time axis like the truth's); see
+        :func:`synthetic_scene`. Empty for LST and precipitation.
     attrs : dict
         ``seed`` and ``truth_std`` (the standard deviation of the truth).
     """
@@ -228,6 +230,34 @@ def _emission_inventory(sources, strengths, lowland, shape, length, seed):
     return ndimage.gaussian_filter(point, INVENTORY_SPREAD_KM * length)
 
 
+#: The soil-moisture scene's 1 km land surface temperature: cooling (K) per m3 m-3 of soil moisture
+#: above ``LST_REFERENCE_MOISTURE`` on bare soil, and the pixel noise (K) of a satellite retrieval.
+LST_SOIL_COOLING = 40.0
+LST_REFERENCE_MOISTURE = 0.25
+LST_NOISE = 1.0
+
+
+def _surface_temperature(moisture, z_km, ndvi, length, rng):
+    """A day's 1 km land surface temperature (K) over soil moisture ``moisture``, as DISPATCH reads it.
+
+    Wet soil evaporates and stays cool: the bare fraction of a pixel (one minus the fractional
+    vegetation cover, ``((NDVI - 0.05) / 0.85) ** 2``, Carlson and Ripley 1997) cools by
+    ``LST_SOIL_COOLING`` K per m3 m-3 above ``LST_REFERENCE_MOISTURE``; the canopy is 5 K cooler
+    than bare soil; the air cools with the 6.5 K/km lapse rate. A smooth 1.5 K weather anomaly
+    (30 km) and ``LST_NOISE`` K of retrieval noise per pixel blur the signal. ``rng`` is a
+    stream of its own, so the scene's truth and stations do not depend on it.
+    """
+    cover = np.clip((ndvi - 0.05) / 0.85, 0.0, 1.0) ** 2
+    return (
+        305.0
+        - 6.5 * z_km
+        - LST_SOIL_COOLING * (1.0 - cover) * (moisture - LST_REFERENCE_MOISTURE)
+        - 5.0 * cover
+        + 1.5 * _gaussian_field(moisture.shape, 30 * length, rng)
+        + LST_NOISE * rng.standard_normal(moisture.shape)
+    )
+
+
 def synthetic_scene(
     variable: str = "lst",
     seed: int = 0,
@@ -262,7 +292,10 @@ def synthetic_scene(
     - ``"soil_moisture"``: volumetric (m3 m-3) = porosity 0.45 x a sigmoid of
       a topographic wetness index (wet valley bottoms, dry ridges and steep
       slopes), vegetation and a smooth rain anomaly; bounded to
-      [0, porosity]. NaN over the sea.
+      [0, porosity]. NaN over the sea. ``scene.extra["lst"]`` is the day's
+      1 km land surface temperature (K), cooler where the bare soil is wet
+      (:data:`LST_SOIL_COOLING`, with weather and retrieval noise): the
+      covariate of DISPATCH-style soil-moisture downscaling (Merlin et al. 2012).
 
     The DEM has a fractal spectrum (power ~ k^-3.2) on top of a mountain range,
     with a coast along the west side; NDVI falls above 2 km (treeline) and
@@ -342,6 +375,8 @@ def synthetic_scene(
 
     times = pd.date_range("2024-06-01", periods=n_times, freq="D")
     fields = []
+    surface_temperatures = []  # soil moisture: the day's 1 km LST, on a random stream of its own
+    lst_rng = np.random.default_rng([seed, 2])
     # NO2: the emitters (rows and columns), their strengths, and the lowland pixels they are drawn from.
     sources = strengths = lowland = None
     for _ in range(n_times):
@@ -393,6 +428,7 @@ def synthetic_scene(
             rain = _gaussian_field((ny, nx), 40 * length, rng)
             latent = 0.8 * wetness + 2.0 * (ndvi - 0.4) + 0.7 * rain + 0.05 * rng.standard_normal((ny, nx))
             values = POROSITY * _sigmoid(latent - 0.2)
+            surface_temperatures.append(_surface_temperature(values, z_km, ndvi, length, lst_rng))
         if meta["land_only"]:
             values = np.where(land, values, np.nan)
         fields.append(values)
@@ -441,6 +477,19 @@ def synthetic_scene(
             "emissions",
             {"long_name": "NOx emission inventory", "units": "t km-2 yr-1"},
         )
+    if variable == "soil_moisture":
+        lst = np.where(land, np.stack(surface_temperatures), np.nan)
+        lst_attrs = {
+            "standard_name": "surface_temperature",
+            "long_name": "land surface temperature",
+            "units": "K",
+        }
+        if n_times > 1:
+            extra["lst"] = grid_module.set_crs(
+                xr.DataArray(lst, dims=("time", "y", "x"), coords=coords, name="lst", attrs=lst_attrs), crs
+            )
+        else:
+            extra["lst"] = on_grid(lst[0], "lst", lst_attrs)
     spread = float(np.nanstd(truth.values))
     noise = {
         "lst": lambda v: 0.5,

@@ -11,6 +11,11 @@ VARIABLES = ["lst", "precipitation", "no2", "soil_moisture"]
 #: emission inventory (the stations are drawn after it: they would change if it used the scene's stream).
 PINNED_NO2_SUM = 163868.81385045074
 PINNED_NO2_STATION_SUM = 727.0988651271234
+#: The same for soil moisture (seed 1, 100 x 100, one day and two), before the scene had a 1 km LST.
+PINNED_SOIL_MOISTURE_SUMS = {
+    1: (1966.8810178858216, 8.005591603735514),
+    2: (3946.6927245992, 15.910030154971619),
+}
 
 
 @pytest.fixture(scope="module", params=VARIABLES)
@@ -92,7 +97,7 @@ def test_no2_emission_inventory_places_the_hot_spots_but_not_their_plumes():
     elevation = scene.dem.values.ravel()
     left = log_truth - np.polyval(np.polyfit(elevation, log_truth, 1), elevation)
     assert np.corrcoef(np.log1p(inventory.values.ravel()), left)[0, 1] > 0.5
-    for variable in ("lst", "precipitation", "soil_moisture"):
+    for variable in ("lst", "precipitation"):
         assert ds.datasets.synthetic_scene(variable, seed=0, shape=(40, 40), factor=10).extra == {}
 
 
@@ -103,6 +108,41 @@ def test_the_inventory_has_its_own_random_numbers():
     np.testing.assert_array_equal(scene.extra["emissions"].values, again.extra["emissions"].values)
     assert float(scene.truth.values.sum()) == pytest.approx(PINNED_NO2_SUM, rel=1e-12)
     assert float(scene.stations["value"].sum()) == pytest.approx(PINNED_NO2_STATION_SUM, rel=1e-12)
+
+
+def test_soil_moisture_lst_is_cooler_where_the_bare_soil_is_wet():
+    """The LST, less its lapse-rate and canopy terms, falls by 40 K per m3 m-3 of the bare soil's wetness.
+
+    The slope is fitted on differences between neighbouring pixels, which cancel the smooth weather
+    anomaly (it could correlate with the smooth rain field by chance) and leave the retrieval noise.
+    """
+    scene = ds.datasets.synthetic_scene("soil_moisture", seed=0)
+    lst = scene.extra["lst"]
+    assert lst.attrs["units"] == "K" and lst.name == "lst" and lst.dims == ("y", "x")
+    land = scene.mask.values
+    np.testing.assert_array_equal(np.isfinite(lst.values), land)
+    cover = np.clip((scene.ndvi.values - 0.05) / 0.85, 0, 1) ** 2
+    wetness = (1 - cover) * (scene.truth.values - ds.datasets.LST_REFERENCE_MOISTURE)
+    left = lst.values + 6.5 * scene.dem.values / 1000 + 5 * cover - 305
+    both = land[:, 1:] & land[:, :-1]
+    d_wetness, d_left = np.diff(wetness, axis=1)[both], np.diff(left, axis=1)[both]
+    slope = np.polyfit(d_wetness, d_left, 1)[0]
+    assert slope == pytest.approx(-ds.datasets.LST_SOIL_COOLING, abs=1.0)
+    noise = d_left - slope * d_wetness  # the difference of two pixels' retrieval noise
+    assert np.std(noise) == pytest.approx(np.sqrt(2) * ds.datasets.LST_NOISE, rel=0.05)
+
+
+@pytest.mark.parametrize("n_times", [1, 2])
+def test_the_soil_moisture_lst_has_its_own_random_numbers(n_times):
+    scene = ds.datasets.synthetic_scene("soil_moisture", seed=1, shape=(100, 100), factor=10, n_times=n_times)
+    truth_sum, station_sum = PINNED_SOIL_MOISTURE_SUMS[n_times]
+    assert float(np.nansum(scene.truth.values)) == pytest.approx(truth_sum, rel=1e-12)
+    assert float(scene.stations["value"].sum()) == pytest.approx(station_sum, rel=1e-12)
+    lst = scene.extra["lst"]
+    assert lst.dims == scene.truth.dims
+    if n_times == 2:  # a new day, a new LST
+        assert not np.allclose(lst.isel(time=0), lst.isel(time=1), equal_nan=True)
+    assert "extra covariates lst" in repr(scene)
 
 
 def test_multi_time_scene_and_determinism():
