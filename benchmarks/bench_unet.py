@@ -43,11 +43,13 @@ def atprk(scene, X):
     start = time.perf_counter()
     fields = []
     coarse = scene.coarse
+    mask = scene.mask if ds.datasets.VARIABLES[scene.variable]["land_only"] else None
     for t in range(coarse.sizes["time"]):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = Downscaler().fit(coarse.isel(time=t), X)
-            fields.append(np.asarray(model.predict(X).values))
+            X_day = X.isel(time=t) if "time" in X.dims else X  # a daily covariate (soil moisture's LST)
+            model = Downscaler().fit(coarse.isel(time=t), X_day, mask=mask)
+            fields.append(np.asarray(model.predict(X_day).values))
     return np.stack(fields), time.perf_counter() - start
 
 
