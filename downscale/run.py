@@ -1031,10 +1031,7 @@ def _fit_tiled(model, coarse, X, mask, tile):
             f"Use a larger area, fill the gaps, or drop that time step."
         )
     # 2. The trend: chosen as in Downscaler.fit (trend="auto" selects on the coarse cells alone).
-    if isinstance(model.trend, str) and model.trend == "auto":
-        model._select_trend(coarse, features_coarse, z_coarse, [[0]], transform)
-    else:
-        model._named_trend_selection(variables)
+    model._choose_trend(coarse, features_coarse, z_coarse, [[0]], transform)
     features_coarse = features_coarse[:, model._used_index()]
     train_rows, target = model._coarse_rows(features_coarse, z_coarse, [0])
     trend = make_trend(model.trend_spec_, random_state=model.random_state, n_jobs=model.n_jobs)
@@ -1757,7 +1754,7 @@ def _process(item, config, X, mask, model, calibration=None):
         tiles=tasks,
     )
     chosen = result.attrs.get("downscale_trend", "") if model.estimator is None else ""
-    notes = [f"trend {chosen}"] if chosen.startswith("auto") else []
+    notes = [f"trend {chosen}"] if chosen.startswith("auto") or "(weight" in chosen else []
     if calibration is not None:
         notes.append("std " + result.attrs["downscale_std_calibration"])
     return "; ".join(notes)

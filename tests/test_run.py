@@ -115,6 +115,25 @@ def test_tiled_step_with_the_default_selects_the_trend_as_in_memory():
     np.testing.assert_allclose(tiled["lst_std"].values, std.values, rtol=0, atol=1e-9, equal_nan=True)
 
 
+def test_tiled_step_with_trend_weight_cv_weighs_the_trend_as_in_memory():
+    from downscale.run import _fit_tiled, _trend_label
+
+    scene = ds.datasets.synthetic_scene("lst", seed=0, shape=(200, 200), factor=10)
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, tpi_radii=(5000.0,))
+    params = dict(trend="lightgbm", trend_weight="cv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ds.Downscaler(**params).fit(scene.coarse, X, mask=scene.mask)
+        tiled_model = _fit_tiled(ds.Downscaler(**params), scene.coarse, X, scene.mask, 7)
+        tiled = downscale_step(scene.coarse, X, params, mask=scene.mask, tile=7, variables=["mean"]).compute()
+    assert 0 < model.trend_weight_ < 1  # measured 0.78: the trees are shrunk
+    assert tiled_model.trend_weight_ == model.trend_weight_
+    assert _trend_label(tiled_model) == f"lightgbm (weight {model.trend_weight_:.2f})"  # outputs' attribute
+    np.testing.assert_allclose(
+        tiled["lst"].values, model.predict(X).values, rtol=0, atol=1e-9, equal_nan=True
+    )
+
+
 def test_a_run_without_a_trend_uses_the_default_and_says_what_it_chose(tmp_path, capsys):
     config = make_config(tmp_path, days=2, model__parameters={}, outputs__variables=["mean"])
     assert main(["run", str(config)]) == 0

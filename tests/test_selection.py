@@ -248,6 +248,80 @@ def test_a_named_trend_without_any_informative_covariate_is_an_error(lst):
         Downscaler(min_retention=2).fit(scene.coarse, X)
 
 
+@pytest.mark.parametrize("name", ["linear", "lightgbm"])
+def test_trend_weight_cv_gives_a_named_trend_the_weight_auto_estimates_for_it(lst, name):
+    """Same folds, same covariates, same least-squares blend: the weight of the auto table's row."""
+    scene, X, auto = lst
+    model = Downscaler(trend=name, trend_weight="cv", calibrate_std=False).fit(
+        scene.coarse, X, mask=scene.mask
+    )
+    row = auto.cv_results_.set_index("trend").loc[name]
+    assert model.trend_weight_ == row["weight"]
+    table = model.cv_results_.set_index("trend")
+    assert table.index.tolist() == ["none", name] and table.loc[name, "selected"]
+    for column in ("weight", "cv_rmse", "cv_rmse_unshrunk"):
+        assert table.loc[name, column] == pytest.approx(row[column], rel=1e-12), column
+    assert table.loc["none", "cv_rmse"] == pytest.approx(
+        auto.cv_results_.set_index("trend").loc["none", "cv_rmse"]
+    )
+    method = model.predict(X).attrs["downscale_method"]
+    if model.trend_weight_ < 1:
+        assert isinstance(model.trend_spec_, ShrunkTrend) and model.trend_spec_.weight == model.trend_weight_
+        assert f"trend: {name} (weight {model.trend_weight_:.2f} from spatial CV) on" in method
+
+
+def test_trend_weight_cv_shrinks_a_trend_on_unrelated_covariates_to_the_field_alone():
+    """On the negative control's first scene lightgbm as fitted is worse than ATPK of the field alone."""
+    truth, coarse, X = _unrelated_scene(0)
+    as_fitted = Downscaler(trend="lightgbm", calibrate_std=False).fit(coarse, X)
+    weighed = Downscaler(trend="lightgbm", trend_weight="cv", calibrate_std=False).fit(coarse, X)
+    field_alone = Downscaler(trend="none", calibrate_std=False).fit(coarse, X)
+    assert weighed.trend_weight_ < 0.5
+    assert _rmse(weighed.predict(X), truth) <= 1.05 * _rmse(field_alone.predict(X), truth)
+    assert _rmse(weighed.predict(X), truth) < _rmse(as_fitted.predict(X), truth)
+
+
+def test_a_fixed_trend_weight_blends_the_fitted_trend_with_its_mean(lst):
+    scene, X, _ = lst
+    full = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    half = Downscaler(trend="linear", trend_weight=0.5, calibrate_std=False).fit(
+        scene.coarse, X, mask=scene.mask
+    )
+    assert half.trend_weight_ == 0.5 and half.cv_results_ is None and full.trend_weight_ == 1.0
+    features = np.column_stack([X[n].values.ravel() for n in full.features_used_])[:50]
+    f = full.trend_models_[0].predict(features)
+    mean = half.trend_models_[0].mean_
+    np.testing.assert_allclose(half.trend_models_[0].predict(features), mean + 0.5 * (f - mean), rtol=1e-12)
+    assert "trend: linear (weight 0.50) on" in half.predict(X).attrs["downscale_method"]
+    # Weight 1 is the trend as fitted.
+    one = Downscaler(trend="linear", trend_weight=1, calibrate_std=False).fit(
+        scene.coarse, X, mask=scene.mask
+    )
+    np.testing.assert_array_equal(one.predict(X).values, full.predict(X).values)
+
+
+def test_bad_trend_weights_are_refused_with_what_is_expected(lst):
+    scene, X, _ = lst
+    expected = r"trend_weight must be None \(the default\), 'cv' .* or a number from 0 .* to 1 .*, got "
+    for bad, shown in (("sometimes", "'sometimes'"), (1.5, "1.5"), (-0.1, "-0.1"), (True, "True")):
+        with pytest.raises(ValueError, match=expected + shown):
+            Downscaler(trend="linear", trend_weight=bad).fit(scene.coarse, X, mask=scene.mask)
+    with pytest.raises(
+        ValueError, match=r"trend_weight=0.5 with trend='auto': the selection estimates .* trend='lightgbm'"
+    ):
+        Downscaler(trend_weight=0.5).fit(scene.coarse, X, mask=scene.mask)
+
+
+def test_trend_weight_cv_on_too_few_cells_keeps_the_trend_as_fitted_and_says_so():
+    scene = ds.datasets.synthetic_scene("lst", seed=0, shape=(50, 50), factor=FACTOR)  # 5 x 5 cells
+    X = ds.covariates.build(dem=scene.dem, features=["elevation"])
+    with pytest.warns(
+        UserWarning, match=r"too few to cross-validate the weight .* needs 30\); it is used as fitted"
+    ):
+        model = Downscaler(trend="linear", trend_weight="cv", calibrate_std=False).fit(scene.coarse, X)
+    assert model.trend_weight_ == 1.0
+
+
 def test_report_and_demo_show_the_selection(lst, tmp_path, monkeypatch, capsys):
     scene, X, model = lst
     from downscale.validation.report import write_report

@@ -13,7 +13,11 @@ fine spread), RMSE as a fraction of bilinear interpolation's, and coverage of no
 lst 0.745 / 0.93, precipitation 0.913 / 0.95, no2 0.772 / 0.88, soil moisture 0.744 / 0.40, without
 the LST 0.856 / 0.37 (on every covariate: 0.78, 0.93, 0.97, 0.74, 0.86). The 0.8 x bilinear target
 for precipitation and for soil moisture without the LST, and the soil-moisture coverage, are not met
-yet: they are pinned below as strict expected failures so that an improvement shows up.
+yet: they are pinned below as strict expected failures so that an improvement shows up. With
+``trend_weight="cv"`` (the trees shrunk toward the mean by the blend weight the spatial CV on the
+coarse cells estimates, as trend="auto" does for its choice): lst 0.708 (weight 0.86), precipitation
+0.513 (0.00: ATPK of the field), no2 0.772 (1.00), soil moisture 0.762 (0.84), without the LST 0.890
+(0.51): the 0.8 target holds on the four scenes, not on the terrain-only case.
 
 With the scene's 40 stations given to fit (``fit(..., stations=..., station_noise="noise_std")``),
 they join the trend where held-out stations say it helps by more than one standard error (soil
@@ -75,6 +79,7 @@ def _met(lst, precipitation, no2, soil_moisture, soil_moisture_terrain_only):
 
 
 RATIO_MET = _met(True, False, True, True, False)
+WEIGHED_RATIO_MET = _met(True, True, True, True, False)
 COVERAGE_MET = _met(True, True, True, False, False)
 DEFAULT_COVERAGE_MET = _met(False, True, True, False, False)
 STATION_COVERAGE_MET = _met(False, True, True, False, True)
@@ -120,6 +125,9 @@ def result(request):
     def rmse(field):
         return float(np.sqrt(np.nanmean((field.values - scene.truth.values)[valid] ** 2)))
 
+    weighed = Downscaler(trend="lightgbm", trend_weight="cv", calibrate_std=False).fit(
+        scene.coarse, X, mask=mask
+    )
     auto = Downscaler().fit(scene.coarse, X, mask=mask)
     fine_default, std_default = auto.predict(X, return_std=True)
     candidates = {}
@@ -157,6 +165,7 @@ def result(request):
         valid=valid,
         rmse=rmse(fine),
         rmse_none=rmse(trend_only.predict(X)),
+        rmse_weighed=rmse(weighed.predict(X)),
         rmse_bilinear=rmse(ds.grid.upsample(scene.coarse, scene.factor, "bilinear")),
     )
 
@@ -177,6 +186,12 @@ def test_coherent_to_1e6_and_within_bounds(result):
 
 def test_no_worse_than_the_trend_alone(result):
     assert result["rmse"] <= result["rmse_none"]
+
+
+def test_rmse_with_the_cv_weight_at_most_0_8_of_bilinear(result, request):
+    """trend="lightgbm", trend_weight="cv": the trees shrunk toward the mean by the spatial CV's blend weight."""
+    _xfail_unless(WEIGHED_RATIO_MET, result, request, "skill target not met yet (see module notes)")
+    assert result["rmse_weighed"] <= 0.8 * result["rmse_bilinear"]
 
 
 def test_rmse_at_most_0_8_of_bilinear(result, request):
