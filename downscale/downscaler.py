@@ -464,19 +464,12 @@ class Downscaler(BaseEstimator):
             a, b = self._selection_cv(
                 coarse, features_coarse, z_coarse, steps, {label: (self.trend, self.features_used_)}
             )
-            weight = _blend_weight(a, b[label])
+            weight, cv_rmse, cv_unshrunk = _blend(a, b[label])
             cv_none = float(np.sqrt(np.mean(a**2)))
             self.cv_results_ = pd.DataFrame(
                 [
                     ["none", 0, 1.0, cv_none, cv_none, False],
-                    [
-                        label,
-                        len(self.features_used_),
-                        weight,
-                        float(np.sqrt(np.mean((a - weight * b[label]) ** 2))),
-                        float(np.sqrt(np.mean((a - b[label]) ** 2))),
-                        True,
-                    ],
+                    [label, len(self.features_used_), weight, cv_rmse, cv_unshrunk, True],
                 ],
                 columns=["trend", "n_features", "weight", "cv_rmse", "cv_rmse_unshrunk", "selected"],
             )
@@ -998,9 +991,7 @@ class Downscaler(BaseEstimator):
         cv_none = float(np.sqrt(np.mean(a**2)))
         weights, cv_rmse, cv_full = {"none": 1.0}, {"none": cv_none}, {"none": cv_none}
         for name, b_name in b.items():
-            weights[name] = _blend_weight(a, b_name)
-            cv_rmse[name] = float(np.sqrt(np.mean((a - weights[name] * b_name) ** 2)))
-            cv_full[name] = float(np.sqrt(np.mean((a - b_name) ** 2)))
+            weights[name], cv_rmse[name], cv_full[name] = _blend(a, b_name)
         cv_ratio = {name: value / cv_none if cv_none > 0 else 1.0 for name, value in cv_rmse.items()}
         wald = self._selection_wald(coarse, features_coarse, used, weights, cv_ratio, transform)
 
@@ -1580,10 +1571,15 @@ class Downscaler(BaseEstimator):
         return float(1 - residual / total) if total > 0 else float(residual == 0)
 
 
-def _blend_weight(a, b):
-    """Least-squares weight ``w`` of ``a - w b`` (module notes, step 3), clipped to [0, 1], to 0.01."""
+def _blend(a, b):
+    """The blend weight of a trend from its cross-validation errors (module notes, step 3).
+
+    Returns the least-squares weight ``w`` of ``a - w b`` clipped to [0, 1] and rounded to 0.01, and
+    the RMSE of the out-of-fold errors of the trend shrunk by ``w`` and unshrunk (``a - b``).
+    """
     denominator = float(np.sum(b**2))
-    return round(float(np.clip(np.sum(a * b) / denominator, 0.0, 1.0)), 2) if denominator > 0 else 0.0
+    weight = round(float(np.clip(np.sum(a * b) / denominator, 0.0, 1.0)), 2) if denominator > 0 else 0.0
+    return weight, float(np.sqrt(np.mean((a - weight * b) ** 2))), float(np.sqrt(np.mean((a - b) ** 2)))
 
 
 def _within(values, bounds):
