@@ -455,12 +455,10 @@ def synthetic_scene(
         )
     coarse.attrs = dict(attrs)
 
-    spatial = {"y": template["y"], "x": template["x"]}
-
-    def on_grid(values, name, attrs):
-        """A field on the fine grid, with its name, attributes and the CRS."""
+    def on_grid(values, name, attrs, dims=("y", "x")):
+        """A field on the fine grid (with the truth's time axis if ``dims`` has one), named, with the CRS."""
         return grid_module.set_crs(
-            xr.DataArray(values, dims=("y", "x"), coords=spatial, name=name, attrs=attrs), crs
+            xr.DataArray(values, dims=dims, coords={d: coords[d] for d in dims}, name=name, attrs=attrs), crs
         )
 
     dem = on_grid(
@@ -478,18 +476,13 @@ def synthetic_scene(
             {"long_name": "NOx emission inventory", "units": "t km-2 yr-1"},
         )
     if variable == "soil_moisture":
-        lst = np.where(land, np.stack(surface_temperatures), np.nan)
+        lst = np.where(land, np.stack(surface_temperatures), np.nan).reshape(data.shape)
         lst_attrs = {
             "standard_name": "surface_temperature",
             "long_name": "land surface temperature",
             "units": "K",
         }
-        if n_times > 1:
-            extra["lst"] = grid_module.set_crs(
-                xr.DataArray(lst, dims=("time", "y", "x"), coords=coords, name="lst", attrs=lst_attrs), crs
-            )
-        else:
-            extra["lst"] = on_grid(lst[0], "lst", lst_attrs)
+        extra["lst"] = on_grid(lst, "lst", lst_attrs, dims=dims)
     spread = float(np.nanstd(truth.values))
     noise = {
         "lst": lambda v: 0.5,
