@@ -104,12 +104,7 @@ field itself; ridge regression; random forest; LightGBM) from the data:
    ``sum(a b) / sum(b b)`` clipped to [0, 1]: the blend weight from the CV
    residuals (``trend_weight_``). A named trend gets the same weight with
    ``trend_weight="cv"`` (steps 2 and 3 for that trend alone); by default it
-   is used as fitted. Measured at seed 0 (RMSE / bilinear, lightgbm as fitted
-   -> with ``trend_weight="cv"``): LST 0.745 -> 0.708 (weight 0.86),
-   precipitation 0.913 -> 0.513 (0.00: ATPK of the field), NO2 0.772 -> 0.772
-   (1.00), soil moisture with its LST 0.744 -> 0.762 (0.84), without it
-   0.856 -> 0.890 (0.51): the coarse cells undervalue what the trees draw
-   from slope and TPI at 1 km.
+   is used as fitted (after early stopping, below).
 4. *Wald check*, when the 2 x 2 means of the coarse field leave at least
    ``WALD_MIN_CELLS`` cells along each axis: every (shrunk) candidate
    downscales those means back onto the coarse grid and is scored against
@@ -125,6 +120,28 @@ field itself; ridge regression; random forest; LightGBM) from the data:
    constant trend. ``cv_results_`` holds the table; ``selected_trend_`` the
    choice. With fewer than ``MIN_CELLS_SELECTION`` valid cells the constant
    trend is kept without a selection.
+
+Boosting rounds of ``trend="lightgbm"`` (``early_stopping=True``)
+-----------------------------------------------------------------
+The number of rounds is how much a boosted trend may learn from a few
+hundred coarse cells, and no fixed number suits every field: the terrain
+explains most of a coarse LST field and nothing of a storm's. A named
+``"lightgbm"`` trend therefore stops early, with the spatial cross-validation
+of steps 2 and 3 above as the validation set: one LightGBM fit per fold
+gives the out-of-fold regression-kriging error after every round count of
+:func:`~downscale.models.trend.boosting_rounds` (1 to 300, evenly spaced in
+log, from :meth:`~downscale.models.trend.LightGBMTrend.staged_predict`) and
+after zero rounds (the mean, LightGBM's starting point); the least sets
+``n_rounds_`` (``rounds_cv_`` holds the curve). Zero rounds makes the trend
+the constant, the result ATPK of the field, and says so in a warning.
+Measured at seed 0 (RMSE / bilinear, 300 rounds -> stopped early): LST
+0.745 -> 0.728 (67 rounds), precipitation 0.913 -> 0.513 (0 rounds), NO2
+0.772 -> 0.772 (300), soil moisture with its LST 0.744 -> 0.790 (67),
+without it 0.856 -> 0.931 (20): the coarse cells undervalue what the trees
+draw from slope and TPI at 1 km. With ``trend_weight="cv"`` the weight is
+estimated for the stopped trees, on the same folds. ``trend="auto"``
+scores its LightGBM candidate at 300 rounds and shrinks it instead; the
+stations, when they join a trend, join it with all its rounds.
 
 Masks and missing data
 ----------------------
@@ -149,7 +166,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import grid as grid_module
 from .models.transforms import coherent_correction, make_transform
-from .models.trend import MIN_RETENTION, TREND_NAMES, ShrunkTrend, make_trend, retention
+from .models.trend import MIN_RETENTION, TREND_NAMES, ShrunkTrend, boosting_rounds, make_trend, retention
 from .validation.stations import conformal_scale
 
 __all__ = ["Downscaler"]
@@ -232,6 +249,13 @@ class Downscaler(BaseEstimator):
         trend too, from the same cross-validation on the coarse cells (``cv_results_`` then holds it
         against the constant trend): a flexible trend whose gain on held-out cells is small is shrunk
         toward the mean. A number: that weight (not with ``"auto"``).
+    early_stopping : bool
+        With ``trend="lightgbm"`` (by name), choose the number of boosting rounds by the spatial
+        cross-validation on the coarse cells (``True``, the default): LightGBM's early stopping, with the
+        held-out spatial blocks as the validation set and the regression-kriging error as the score
+        (module notes). A coarse field the covariates do not explain then keeps few rounds, close to
+        the constant mean: ATPK of the field. ``False``: ``LightGBMTrend``'s 300 rounds. Other trends
+        (and a ``LightGBMTrend`` instance, whose ``n_estimators`` is the user's) are not affected.
     min_retention : float or None
         Least :func:`~downscale.models.trend.retention` (coarse over fine spread) a covariate needs to
         enter the trend. ``None`` (default): ``MIN_RETENTION`` of the named trend (0.5 for ``"linear"``,
@@ -259,6 +283,11 @@ class Downscaler(BaseEstimator):
     trend_weight_ : float
         Weight of the trend against the constant mean (below 1 when ``"auto"`` or
         ``trend_weight`` shrank it).
+    n_rounds_ : int or None
+        Boosting rounds of ``trend="lightgbm"`` chosen by ``early_stopping`` (None otherwise, and when
+        stations joined the trend: it then keeps its 300 rounds).
+    rounds_cv_ : pandas.DataFrame or None
+        The early-stopping curve: ``n_rounds``, ``cv_rmse`` (out-of-fold, transformed space), ``selected``.
     cv_results_ : pandas.DataFrame or None
         With ``trend="auto"`` (or a named trend with ``trend_weight="cv"``: the constant and that
         trend, without the Wald columns): one row per candidate, columns ``trend``, ``n_features``, ``weight``,
@@ -344,6 +373,7 @@ class Downscaler(BaseEstimator):
         min_retention=None,
         station_trend="auto",
         trend_weight=None,
+        early_stopping: bool = True,
         random_state=0,
         n_jobs: int = 1,
     ):
@@ -359,6 +389,7 @@ class Downscaler(BaseEstimator):
         self.min_retention = min_retention
         self.station_trend = station_trend
         self.trend_weight = trend_weight
+        self.early_stopping = early_stopping
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -367,6 +398,11 @@ class Downscaler(BaseEstimator):
     def _check_parameters(self):
         self._check_station_trend()
         self._check_trend_weight()
+        if not isinstance(self.early_stopping, (bool, np.bool_)):
+            raise ValueError(
+                f"early_stopping must be True (choose the boosting rounds of trend='lightgbm' by spatial "
+                f"cross-validation) or False (LightGBMTrend's n_estimators), got {self.early_stopping!r}."
+            )
         if self.residual not in ("atpk", "none"):
             raise ValueError(f"residual must be 'atpk' or 'none', got {self.residual!r}.")
         if self.temporal not in ("per_step", "pooled"):
@@ -437,47 +473,105 @@ class Downscaler(BaseEstimator):
         self.selected_trend_ = self.trend if isinstance(self.trend, str) else type(self.trend).__name__
         self.trend_weight_ = 1.0
         self.cv_results_ = None
+        self.n_rounds_ = None
+        self.rounds_cv_ = None
         self.features_used_ = used if used else list(variables)
 
     def _choose_trend(self, coarse, features_coarse, z_coarse, steps, transform):
         """Set ``trend_spec_``, its weight and covariates: chosen with ``"auto"``, else the named trend
-        (shrunk when ``trend_weight`` says so). ``features_coarse`` holds every covariate."""
+        (its boosting rounds chosen by ``early_stopping``, shrunk when ``trend_weight`` says so).
+        ``features_coarse`` holds every covariate."""
         if isinstance(self.trend, str) and self.trend == "auto":
             self._select_trend(coarse, features_coarse, z_coarse, steps, transform)
             return
         self._named_trend_selection(self.feature_names_)
-        value = self.trend_weight
-        if value is None or (isinstance(self.trend, str) and self.trend == "none"):
+        if isinstance(self.trend, str) and self.trend == "none":
             return
-        if isinstance(value, str):  # "cv": the blend weight from spatial cross-validation
-            import pandas as pd
-
+        stop_early = bool(self.early_stopping) and isinstance(self.trend, str) and self.trend == "lightgbm"
+        weight_from_cv = isinstance(self.trend_weight, str)
+        a = b = None
+        if stop_early or weight_from_cv:
             n_cells = self._fewest_valid_cells(features_coarse, z_coarse)
-            if n_cells < MIN_CELLS_SELECTION:
+            if n_cells >= MIN_CELLS_SELECTION:
+                a, b = self._named_trend_cv(coarse, features_coarse, z_coarse, steps, stop_early)
+            elif weight_from_cv:
                 warnings.warn(
                     f"{n_cells} valid coarse cells are too few to cross-validate the weight of the trend "
                     f"(trend_weight='cv' needs {MIN_CELLS_SELECTION}); it is used as fitted (weight 1).",
                     stacklevel=4,
                 )
-                return
-            label = self.selected_trend_
-            a, b = self._selection_cv(
-                coarse, features_coarse, z_coarse, steps, {label: (self.trend, self.features_used_)}
-            )
-            weight, cv_rmse, cv_unshrunk = _blend(a, b[label])
+            else:
+                logger.info(
+                    "%d valid coarse cells are too few to choose the boosting rounds (%d needed): "
+                    "LightGBMTrend's n_estimators is kept.",
+                    n_cells,
+                    MIN_CELLS_SELECTION,
+                )
+        if isinstance(self.trend_spec_, str) and self.trend_spec_ == "none":  # no round helps: the mean
+            weight = 1.0
+        elif weight_from_cv and a is not None:
+            import pandas as pd
+
+            weight, cv_rmse, cv_unshrunk = _blend(a, b)
             cv_none = float(np.sqrt(np.mean(a**2)))
             self.cv_results_ = pd.DataFrame(
                 [
                     ["none", 0, 1.0, cv_none, cv_none, False],
-                    [label, len(self.features_used_), weight, cv_rmse, cv_unshrunk, True],
+                    [self.selected_trend_, len(self.features_used_), weight, cv_rmse, cv_unshrunk, True],
                 ],
                 columns=["trend", "n_features", "weight", "cv_rmse", "cv_rmse_unshrunk", "selected"],
             )
+        elif isinstance(self.trend_weight, (int, float)):
+            weight = float(self.trend_weight)
         else:
-            weight = float(value)
+            weight = 1.0
         self.trend_weight_ = weight
         if weight < 1.0:
-            self.trend_spec_ = ShrunkTrend(self.trend, weight=weight)
+            self.trend_spec_ = ShrunkTrend(self.trend_spec_, weight=weight)
+
+    def _named_trend_cv(self, coarse, features_coarse, z_coarse, steps, stop_early):
+        """Spatial CV of the named trend on the coarse cells: ``a`` and ``b`` of :meth:`_selection_cv`.
+
+        With ``stop_early`` (LightGBM), one fit per fold gives the out-of-fold error of every round
+        count of ``boosting_rounds`` and of zero rounds (the mean); the least sets ``n_rounds_`` (and
+        ``trend_spec_``: ``"none"`` for zero rounds), ``rounds_cv_`` holds the curve, and ``b`` is that
+        of the chosen count.
+        """
+        import pandas as pd
+
+        label = self.selected_trend_
+        if not stop_early:
+            a, b = self._selection_cv(
+                coarse, features_coarse, z_coarse, steps, {label: (self.trend, self.features_used_)}
+            )
+            return a, b[label]
+        model = make_trend("lightgbm", random_state=self.random_state, n_jobs=self.n_jobs)
+        rounds = boosting_rounds(model.n_estimators)
+        a, b = self._selection_cv(
+            coarse, features_coarse, z_coarse, steps, {label: (model, self.features_used_)}, rounds=rounds
+        )
+        # Zero rounds is LightGBM's starting point, the mean (the constant trend, b = 0).
+        rounds = np.concatenate([[0], rounds])
+        b = np.concatenate([np.zeros((1, a.size)), b[label]])
+        cv_rmse = np.sqrt(np.mean((a - b) ** 2, axis=1))
+        best = int(np.argmin(cv_rmse))
+        self.n_rounds_ = int(rounds[best])
+        self.rounds_cv_ = pd.DataFrame(
+            {"n_rounds": rounds, "cv_rmse": cv_rmse, "selected": np.arange(len(rounds)) == best}
+        )
+        self.trend_spec_ = "none" if self.n_rounds_ == 0 else model.set_params(n_estimators=self.n_rounds_)
+        if self.n_rounds_ == 0:
+            warnings.warn(
+                "trend='lightgbm': on held-out spatial blocks of coarse cells no boosting round predicts "
+                "better than the constant mean, so the trend is the mean and the result is area-to-point "
+                "kriging of the field (rounds_cv_ has the curve). The covariates do not explain the coarse "
+                "field; set early_stopping=False to keep the trees anyway.",
+                stacklevel=4,
+            )
+        logger.info(
+            "trend='lightgbm': %d boosting rounds from spatial CV:\n%s", self.n_rounds_, self.rounds_cv_
+        )
+        return a, b[best]
 
     def _fewest_valid_cells(self, features_coarse, z_coarse):
         """Fewest coarse cells with a value and every covariate, over the time steps."""
@@ -839,6 +933,7 @@ class Downscaler(BaseEstimator):
         else:
             self.trend_spec_ = self.trend
         self.trend_weight_ = 1.0
+        self.n_rounds_ = None
         threshold = 0.0 if self.min_retention is None else float(self.min_retention)
         self.features_used_ = [
             n for n, r in zip(self.feature_names_, self.retention_, strict=True) if r >= threshold
@@ -857,10 +952,10 @@ class Downscaler(BaseEstimator):
 
         want_std = self.calibrate_std
         plain = self.predict(X, return_std=True) if want_std else None
-        spec = self.trend_spec_
         if self.station_trend is False:
             return plain
-        if isinstance(spec, str) and spec == "none":
+        # The stations join the named (or chosen) trend, whatever rounds or weight the coarse cells gave it.
+        if self.selected_trend_ == "none":
             if self.station_trend is True:
                 warnings.warn(
                     "station_trend=True, but the trend is the constant ('none'"
@@ -1023,6 +1118,8 @@ class Downscaler(BaseEstimator):
             chosen if self.trend_weight_ == 1.0 else ShrunkTrend(chosen, weight=self.trend_weight_)
         )
         self.features_used_ = list(used)
+        self.n_rounds_ = None
+        self.rounds_cv_ = None
         logger.info("trend='auto' chose %s (weight %.2f):\n%s", chosen, self.trend_weight_, table.to_string())
 
     def _selection_folds(self, coarse, valid_cells):
@@ -1049,14 +1146,16 @@ class Downscaler(BaseEstimator):
             f"folds; lower cv_splits or give a trend explicitly."
         )
 
-    def _selection_cv(self, coarse, features_coarse, z_coarse, steps, candidates):
+    def _selection_cv(self, coarse, features_coarse, z_coarse, steps, candidates, rounds=None):
         """Out-of-fold regression-kriging errors on the coarse cells.
 
         ``candidates`` maps a label to a trend spec and the covariates it uses. Returns ``a``, the
         errors of ordinary kriging of the field from the training cells (the constant trend), and
         for every candidate ``b``, the out-of-fold trend minus its kriged training values at the
         same cells: with ordinary kriging weights (summing to one), the error of the trend shrunk
-        by ``w`` toward the mean is exactly ``a - w * b``.
+        by ``w`` toward the mean is exactly ``a - w * b``. With ``rounds`` (boosting round counts),
+        the candidates are :class:`~downscale.models.trend.LightGBMTrend` and ``b`` has one row per
+        round count (from :meth:`~downscale.models.trend.LightGBMTrend.staged_predict`).
         """
         from .kriging.variogram import empirical_variogram, fit_variogram
 
@@ -1126,12 +1225,16 @@ class Downscaler(BaseEstimator):
                             continue
                         test, neighbours, weights = plans[t, k]
                         f = self._at(features_coarse, t)[columns].reshape(len(columns), -1).T
-                        trend = np.full(f.shape[0], np.nan)
                         ok = finite[t].ravel()
-                        trend[ok] = model.predict(f[ok])
-                        b_parts[name].append(trend[test] - (weights * trend[neighbours]).sum(axis=1))
+                        trend = np.full((1 if rounds is None else len(rounds), f.shape[0]), np.nan)
+                        if rounds is None:
+                            trend[0, ok] = model.predict(f[ok])
+                        else:
+                            trend[:, ok] = model.staged_predict(f[ok], rounds)
+                        b_parts[name].append(trend[:, test] - (weights * trend[:, neighbours]).sum(axis=-1))
         a = np.concatenate(a_parts)
-        return a, {name: np.concatenate(parts) for name, parts in b_parts.items()}
+        b = {name: np.concatenate(parts, axis=1) for name, parts in b_parts.items()}
+        return a, b if rounds is not None else {name: rows[0] for name, rows in b.items()}
 
     def _selection_wald(self, coarse, features_coarse, used, weights, cv_ratio, transform):
         """RMSE (transformed space) of every candidate downscaling the 2 x 2 means of ``coarse`` back onto it."""
@@ -1496,9 +1599,8 @@ class Downscaler(BaseEstimator):
         if trend == "auto":
             trend = f"auto (chose {self.selected_trend_}"
             trend += f", weight {self.trend_weight_:.2f})" if self.selected_trend_ != "none" else ")"
-        elif self.trend_weight_ != 1.0:
-            source = " from spatial CV" if isinstance(self.trend_weight, str) else ""
-            trend += f" (weight {self.trend_weight_:.2f}{source})"
+        else:
+            trend += _trend_details(self.n_rounds_, self.trend_weight_, isinstance(self.trend_weight, str))
         source = "block-mean covariates"
         if len(self.features_used_) < len(self.feature_names_):
             source = f"{len(self.features_used_)} of {len(self.feature_names_)} {source}"
@@ -1569,6 +1671,27 @@ class Downscaler(BaseEstimator):
         residual = ((truth[ok] - back[ok]) ** 2).sum()
         total = ((truth[ok] - truth[ok].mean()) ** 2).sum()
         return float(1 - residual / total) if total > 0 else float(residual == 0)
+
+
+def _trend_details(n_rounds, weight, weight_from_cv):
+    """What the spatial CV (or the user) set on a named trend, for its label: rounds and weight.
+
+    Examples
+    --------
+    >>> _trend_details(37, 0.86, True), _trend_details(37, 0.5, False), _trend_details(None, 1.0, False)
+    (' (37 rounds, weight 0.86 from spatial CV)', ' (37 rounds from spatial CV, weight 0.50)', '')
+    >>> _trend_details(0, 1.0, False)
+    ' (0 rounds from spatial CV: the constant mean)'
+    """
+    from_cv, given = [], []
+    if n_rounds == 0:
+        return " (0 rounds from spatial CV: the constant mean)"
+    if n_rounds is not None:
+        from_cv.append(f"{n_rounds} round" + ("s" if n_rounds != 1 else ""))
+    if weight != 1.0:
+        (from_cv if weight_from_cv else given).append(f"weight {weight:.2f}")
+    text = ", ".join(([", ".join(from_cv) + " from spatial CV"] if from_cv else []) + given)
+    return f" ({text})" if text else ""
 
 
 def _blend(a, b):

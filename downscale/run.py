@@ -1656,10 +1656,13 @@ def _read_step(item, variable):
 
 
 def _trend_label(model):
-    """The trend a fitted Downscaler used, e.g. ``"linear"``, or ``"auto: rf (weight 0.89)"``."""
-    label = model.selected_trend_
-    if model.trend_weight_ != 1.0:
-        label += f" (weight {model.trend_weight_:.2f})"
+    """The trend a fitted Downscaler used, e.g. ``"linear"``, ``"auto: rf (weight 0.89)"`` or
+    ``"lightgbm (37 rounds from spatial CV)"``."""
+    from .downscaler import _trend_details
+
+    label = model.selected_trend_ + _trend_details(
+        model.n_rounds_, model.trend_weight_, isinstance(model.trend_weight, str)
+    )
     return f"auto: {label}" if isinstance(model.trend, str) and model.trend == "auto" else label
 
 
@@ -1754,7 +1757,9 @@ def _process(item, config, X, mask, model, calibration=None):
         tiles=tasks,
     )
     chosen = result.attrs.get("downscale_trend", "") if model.estimator is None else ""
-    notes = [f"trend {chosen}"] if chosen.startswith("auto") or "(weight" in chosen else []
+    # The trend is worth a note when the run set something the configuration does not say.
+    configured = str(dict(config.model.parameters).get("trend", "auto"))
+    notes = [f"trend {chosen}"] if chosen and chosen != configured else []
     if calibration is not None:
         notes.append("std " + result.attrs["downscale_std_calibration"])
     return "; ".join(notes)

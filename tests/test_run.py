@@ -126,9 +126,11 @@ def test_tiled_step_with_trend_weight_cv_weighs_the_trend_as_in_memory():
         model = ds.Downscaler(**params).fit(scene.coarse, X, mask=scene.mask)
         tiled_model = _fit_tiled(ds.Downscaler(**params), scene.coarse, X, scene.mask, 7)
         tiled = downscale_step(scene.coarse, X, params, mask=scene.mask, tile=7, variables=["mean"]).compute()
-    assert 0 < model.trend_weight_ < 1  # measured 0.78: the trees are shrunk
-    assert tiled_model.trend_weight_ == model.trend_weight_
-    assert _trend_label(tiled_model) == f"lightgbm (weight {model.trend_weight_:.2f})"  # outputs' attribute
+    assert 0 < model.trend_weight_ < 1  # the trees are shrunk
+    assert 0 < model.n_rounds_ < 300  # and stopped early
+    assert tiled_model.trend_weight_ == model.trend_weight_ and tiled_model.n_rounds_ == model.n_rounds_
+    label = f"lightgbm ({model.n_rounds_} rounds, weight {model.trend_weight_:.2f} from spatial CV)"
+    assert _trend_label(tiled_model) == label  # the outputs' attribute
     np.testing.assert_allclose(
         tiled["lst"].values, model.predict(X).values, rtol=0, atol=1e-9, equal_nan=True
     )

@@ -14,7 +14,7 @@ from sklearn.linear_model import LinearRegression
 import downscale as ds
 from downscale.downscaler import AUTO_CANDIDATES, Downscaler, _kriging_weights
 from downscale.kriging.variogram import VariogramModel
-from downscale.models.trend import MIN_RETENTION, ShrunkTrend
+from downscale.models.trend import MIN_RETENTION, ShrunkTrend, boosting_rounds
 
 FACTOR = 10
 SEEDS = range(10)
@@ -252,7 +252,8 @@ def test_a_named_trend_without_any_informative_covariate_is_an_error(lst):
 def test_trend_weight_cv_gives_a_named_trend_the_weight_auto_estimates_for_it(lst, name):
     """Same folds, same covariates, same least-squares blend: the weight of the auto table's row."""
     scene, X, auto = lst
-    model = Downscaler(trend=name, trend_weight="cv", calibrate_std=False).fit(
+    # The auto table scores LightGBM's 300 rounds: the same model without early stopping.
+    model = Downscaler(trend=name, trend_weight="cv", early_stopping=False, calibrate_std=False).fit(
         scene.coarse, X, mask=scene.mask
     )
     row = auto.cv_results_.set_index("trend").loc[name]
@@ -273,8 +274,10 @@ def test_trend_weight_cv_gives_a_named_trend_the_weight_auto_estimates_for_it(ls
 def test_trend_weight_cv_shrinks_a_trend_on_unrelated_covariates_to_the_field_alone():
     """On the negative control's first scene lightgbm as fitted is worse than ATPK of the field alone."""
     truth, coarse, X = _unrelated_scene(0)
-    as_fitted = Downscaler(trend="lightgbm", calibrate_std=False).fit(coarse, X)
-    weighed = Downscaler(trend="lightgbm", trend_weight="cv", calibrate_std=False).fit(coarse, X)
+    as_fitted = Downscaler(trend="lightgbm", early_stopping=False, calibrate_std=False).fit(coarse, X)
+    weighed = Downscaler(trend="lightgbm", trend_weight="cv", early_stopping=False, calibrate_std=False).fit(
+        coarse, X
+    )
     field_alone = Downscaler(trend="none", calibrate_std=False).fit(coarse, X)
     assert weighed.trend_weight_ < 0.5
     assert _rmse(weighed.predict(X), truth) <= 1.05 * _rmse(field_alone.predict(X), truth)
@@ -320,6 +323,68 @@ def test_trend_weight_cv_on_too_few_cells_keeps_the_trend_as_fitted_and_says_so(
     ):
         model = Downscaler(trend="linear", trend_weight="cv", calibrate_std=False).fit(scene.coarse, X)
     assert model.trend_weight_ == 1.0
+
+
+def test_early_stopping_scores_every_round_count_on_the_folds_of_the_selection(lst):
+    """The curve's ends are rows of the auto table: zero rounds is the constant, 300 the unstopped trees."""
+    scene, X, auto = lst
+    model = Downscaler(trend="lightgbm", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    curve = model.rounds_cv_.set_index("n_rounds")["cv_rmse"]
+    table = auto.cv_results_.set_index("trend")
+    assert curve.index.tolist() == [0, *boosting_rounds(300).tolist()]
+    assert curve.loc[0] == pytest.approx(table.loc["none", "cv_rmse"], rel=1e-12)
+    assert curve.loc[300] == pytest.approx(table.loc["lightgbm", "cv_rmse_unshrunk"], rel=1e-12)
+    # LST follows elevation: the trees help, and the least out-of-fold error sets the rounds.
+    assert 0 < model.n_rounds_ < 300 and model.n_rounds_ == curve.idxmin()
+    assert model.rounds_cv_["selected"].sum() == 1 and model.trend_models_[0].n_estimators == model.n_rounds_
+    assert model.cv_results_ is None and model.trend_weight_ == 1.0 and model.selected_trend_ == "lightgbm"
+    method = model.predict(X).attrs["downscale_method"]
+    assert f"trend: lightgbm ({model.n_rounds_} rounds from spatial CV) on" in method
+    from downscale.validation.report import _selection_lines
+
+    text = "\n".join(_selection_lines(model))
+    assert f"Trend: **lightgbm** ({model.n_rounds_} rounds from spatial CV), named by the user" in text
+    assert "Boosting rounds chosen by spatial cross-validation" in text and "| n_rounds |" in text
+    # With trend_weight="cv" the weight comes from the same curve, at the chosen rounds.
+    weighed = Downscaler(trend="lightgbm", trend_weight="cv", calibrate_std=False).fit(
+        scene.coarse, X, mask=scene.mask
+    )
+    assert weighed.n_rounds_ == model.n_rounds_
+    row = weighed.cv_results_.set_index("trend").loc["lightgbm"]
+    assert row["cv_rmse_unshrunk"] == pytest.approx(curve.min(), rel=1e-12)
+    assert row["cv_rmse"] <= row["cv_rmse_unshrunk"]
+    # Without early stopping: LightGBMTrend's 300 rounds, no curve.
+    plain = Downscaler(trend="lightgbm", early_stopping=False, calibrate_std=False).fit(
+        scene.coarse, X, mask=scene.mask
+    )
+    assert plain.n_rounds_ is None and plain.rounds_cv_ is None
+    assert plain.trend_models_[0].n_estimators == 300
+
+
+def test_early_stopping_on_unrelated_covariates_keeps_the_mean_and_says_so():
+    """The negative control's first scene: no round beats the constant on held-out blocks."""
+    truth, coarse, X = _unrelated_scene(0)
+    as_fitted = Downscaler(trend="lightgbm", early_stopping=False, calibrate_std=False).fit(coarse, X)
+    with pytest.warns(UserWarning, match=r"no boosting round predicts better than the constant mean"):
+        stopped = Downscaler(trend="lightgbm", calibrate_std=False).fit(coarse, X)
+    field_alone = Downscaler(trend="none", calibrate_std=False).fit(coarse, X)
+    assert stopped.n_rounds_ == 0 and stopped.trend_spec_ == "none"
+    np.testing.assert_allclose(stopped.predict(X).values, field_alone.predict(X).values, rtol=1e-12)
+    assert _rmse(stopped.predict(X), truth) < _rmse(as_fitted.predict(X), truth)
+    method = stopped.predict(X).attrs["downscale_method"]
+    assert "trend: lightgbm (0 rounds from spatial CV: the constant mean) on" in method
+
+
+def test_early_stopping_leaves_other_trends_and_small_scenes_alone(lst):
+    scene, X, _ = lst
+    rf = Downscaler(trend="rf", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    assert rf.n_rounds_ is None and rf.rounds_cv_ is None
+    small = ds.datasets.synthetic_scene("lst", seed=0, shape=(50, 50), factor=FACTOR)  # 25 cells
+    Xs = ds.covariates.build(dem=small.dem, features=["elevation"])
+    model = Downscaler(trend="lightgbm", calibrate_std=False).fit(small.coarse, Xs)
+    assert model.n_rounds_ is None and model.trend_models_[0].n_estimators == 300
+    with pytest.raises(ValueError, match=r"early_stopping must be True .* or False .*, got 'yes'"):
+        Downscaler(trend="lightgbm", early_stopping="yes").fit(scene.coarse, X, mask=scene.mask)
 
 
 def test_report_and_demo_show_the_selection(lst, tmp_path, monkeypatch, capsys):

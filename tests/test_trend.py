@@ -41,6 +41,18 @@ def test_lightgbm_small_sample_defaults_learn_a_step_from_200_rows():
     assert np.sqrt(np.mean((small.predict(test) - truth) ** 2)) < 0.2
 
 
+def test_staged_predictions_are_the_models_with_fewer_rounds():
+    """Boosting is sequential: the first k rounds of one fit are the fit with n_estimators=k."""
+    rng = np.random.default_rng(3)
+    X = rng.uniform(size=(250, 3))
+    y = 2.0 * (X[:, 0] > 0.3) + np.sin(6 * X[:, 1]) + 0.1 * rng.standard_normal(250)
+    staged = LightGBMTrend().fit(X, y).staged_predict(X, [1, 7, 300])
+    for row, k in zip(staged, (1, 7, 300), strict=True):
+        np.testing.assert_array_equal(row, LightGBMTrend(n_estimators=k).fit(X, y).predict(X))
+    with pytest.raises(ValueError, match=r"rounds must be from 1 to n_estimators=300, got \[0, 5\]"):
+        LightGBMTrend().fit(X, y).staged_predict(X, [0, 5])
+
+
 @pytest.mark.parametrize("spec", ["lightgbm", "rf", "linear", "none"])
 def test_make_trend_recovers_a_linear_field(spec):
     rng = np.random.default_rng(2)

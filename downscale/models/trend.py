@@ -51,6 +51,7 @@ __all__ = [
     "DropCollinear",
     "LightGBMTrend",
     "ShrunkTrend",
+    "boosting_rounds",
     "make_trend",
     "retention",
 ]
@@ -77,6 +78,22 @@ def retention(fine_std, coarse_std):
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where(fine_std > 0, coarse_std / np.where(fine_std > 0, fine_std, 1.0), 0.0)
     return np.nan_to_num(ratio, nan=0.0)
+
+
+def boosting_rounds(n_estimators: int, n: int = 20):
+    """Round counts at which an early-stopping search scores a boosted trend: about ``n`` of them,
+    evenly spaced in log from 1 to ``n_estimators`` (the first rounds change the fit most).
+
+    Examples
+    --------
+    >>> boosting_rounds(300).tolist()
+    [1, 2, 3, 4, 6, 8, 11, 15, 20, 27, 37, 50, 67, 90, 122, 165, 222, 300]
+    >>> boosting_rounds(3).tolist()
+    [1, 2, 3]
+    """
+    if int(n_estimators) < 1:
+        raise ValueError(f"n_estimators must be at least 1, got {n_estimators!r}.")
+    return np.unique(np.round(np.geomspace(1, int(n_estimators), n)).astype(int))
 
 
 class LightGBMTrend(RegressorMixin, BaseEstimator):
@@ -154,6 +171,39 @@ class LightGBMTrend(RegressorMixin, BaseEstimator):
         check_is_fitted(self, "booster_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         return self.booster_.predict(X)
+
+    def staged_predict(self, X, rounds):
+        """Predictions of the first ``rounds[i]`` boosting rounds, one row per entry of ``rounds``.
+
+        Boosting is sequential, so the first ``k`` trees of this model are the model that
+        ``n_estimators=k`` would have fitted: one fit gives the whole validation curve (how
+        :class:`~downscale.Downscaler` chooses the number of rounds).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        rounds : sequence of int
+            Round counts, each from 1 to ``n_estimators``.
+
+        Returns
+        -------
+        numpy.ndarray of shape (len(rounds), n_samples)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> X = np.linspace(0, 1, 200)[:, None]
+        >>> model = LightGBMTrend(n_estimators=50).fit(X, np.where(X[:, 0] > 0.5, 1.0, 0.0))
+        >>> staged = model.staged_predict([[0.9]], rounds=[1, 50])
+        >>> staged.shape, bool(staged[0, 0] < staged[1, 0])    # one round at learning rate 0.05 moves little
+        ((2, 1), True)
+        """
+        check_is_fitted(self, "booster_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        rounds = [int(k) for k in rounds]
+        if any(k < 1 or k > self.n_estimators for k in rounds):
+            raise ValueError(f"rounds must be from 1 to n_estimators={self.n_estimators}, got {rounds}.")
+        return np.stack([self.booster_.predict(X, num_iteration=k) for k in rounds])
 
 
 class ShrunkTrend(RegressorMixin, BaseEstimator):

@@ -116,7 +116,32 @@ def _selection_lines(model) -> list:
     lines = ["## Trend selection", ""]
     table = getattr(model, "cv_results_", None)
     used, seen = list(getattr(model, "features_used_", [])), list(getattr(model, "feature_names_", []))
-    if table is None:
+    if not (isinstance(model.trend, str) and model.trend == "auto"):
+        from ..downscaler import _trend_details
+
+        details = _trend_details(
+            getattr(model, "n_rounds_", None),
+            getattr(model, "trend_weight_", 1.0),
+            isinstance(getattr(model, "trend_weight", None), str),
+        )
+        lines.append(f"Trend: **{chosen}**{details}, named by the user (no selection among trends).")
+        rounds = getattr(model, "rounds_cv_", None)
+        if rounds is not None:
+            lines += [
+                "",
+                "Boosting rounds chosen by spatial cross-validation on the coarse cells (early stopping with "
+                "spatial folds as the validation set; out-of-fold RMSE in the transformed space):",
+                "",
+                markdown_table(rounds, index=False),
+            ]
+        if table is not None:
+            lines += [
+                "",
+                "Weight of the trend against the constant from the same cross-validation:",
+                "",
+                markdown_table(table, index=False),
+            ]
+    elif table is None:
         lines.append(f"Trend: {chosen}, set by the user (no selection).")
     else:
         weight = getattr(model, "trend_weight_", 1.0)
