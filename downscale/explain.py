@@ -73,6 +73,13 @@ def _trend_model(model, time):
         # Only the covariates the trend uses (trend="auto" leaves out those the coarse cells cannot inform).
         names = list(getattr(model, "features_used_", None) or model.feature_names_)
         space = getattr(getattr(model, "transform_", None), "name", "none")
+        if getattr(model, "n_rounds_", None) == 0:
+            raise ValueError(
+                "The trend='lightgbm' of this Downscaler kept 0 boosting rounds: on held-out coarse cells "
+                "no round predicted better than the mean (early stopping; see rounds_cv_), so the trend is "
+                "a constant and there is nothing to explain. Fit with early_stopping=False to explain the "
+                "trees anyway."
+            )
         return models[index], names, space
     if hasattr(model, "trend") and hasattr(model, "residual"):
         raise ValueError(f"{type(model).__name__} is not fitted; call fit(coarse, X) before explaining it.")

@@ -373,6 +373,10 @@ def test_early_stopping_on_unrelated_covariates_keeps_the_mean_and_says_so():
     assert _rmse(stopped.predict(X), truth) < _rmse(as_fitted.predict(X), truth)
     method = stopped.predict(X).attrs["downscale_method"]
     assert "trend: lightgbm (0 rounds from spatial CV: the constant mean) on" in method
+    with pytest.raises(
+        ValueError, match=r"trend='lightgbm' .* kept 0 boosting rounds: .* early_stopping=False"
+    ):
+        ds.explain.shap_values(stopped, X, sample=50)
 
 
 def test_early_stopping_leaves_other_trends_and_small_scenes_alone(lst):

@@ -57,7 +57,7 @@ fig = ds.plot.plot_maps(
 # %% [markdown]
 # The downscaled map shows the valleys, ridges and vegetation that the 25 km cells average away.
 #
-# The standard deviation is nearly uniform here (about 0.8-0.9 K): most of it is the trend's error,
+# The standard deviation is nearly uniform here (about 0.7 K): most of it is the trend's error,
 # which the model estimates once per scene by spatial cross-validation. The faint checkerboard is the
 # kriging variance, smallest near the centre of each 25 km cell. The dark pixels along the west coast
 # are land pixels whose coarse cell is mostly sea and has no value (NaN): there the kriging has no
