@@ -211,6 +211,23 @@ def test_auto_with_a_time_axis(temporal):
     np.testing.assert_allclose(back, scene.coarse.values, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("temporal", ["per_step", "pooled"])
+def test_early_stopping_with_a_time_axis_sets_the_rounds_of_every_model(temporal):
+    """One round count from the folds of every (sampled) time step; each step's model gets it."""
+    scene = ds.datasets.synthetic_scene("lst", seed=2, n_times=2, shape=(100, 100), factor=FACTOR)
+    X = ds.covariates.build(dem=scene.dem, features=["elevation", "slope"], location=True)
+    model = Downscaler(trend="lightgbm", temporal=temporal, calibrate_std=False).fit(
+        scene.coarse, X, mask=scene.mask
+    )
+    assert model.n_rounds_ == model.rounds_cv_.set_index("n_rounds")["cv_rmse"].idxmin() > 0
+    assert len(model.trend_models_) == (2 if temporal == "per_step" else 1)
+    assert all(m.n_estimators == model.n_rounds_ for m in model.trend_models_)
+    fine = model.predict(X)
+    back = ds.grid.block_mean(fine, FACTOR, min_valid=1e-9).values
+    cells = np.isfinite(back) & np.isfinite(scene.coarse.values)
+    np.testing.assert_allclose(back[cells], scene.coarse.values[cells], rtol=1e-9)
+
+
 def test_auto_is_the_default_and_make_trend_refuses_it():
     assert Downscaler().trend == "auto"
     from downscale.models import make_trend
