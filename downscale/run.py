@@ -850,14 +850,17 @@ def _trend_tile(model, features):
 
 
 def _trend_pass_tile(model, features, mask, coarse_valid, row_weights, factor):
-    """Block mean of the fine trend, and the count of covariate gaps under valid coarse cells."""
+    """Block mean of the fine trend, the count of covariate gaps under valid coarse cells, and the sums of
+    the trend's within-cell share (:func:`downscale.downscaler.within_cell_sums`)."""
+    from .downscaler import within_cell_sums
+
     features = _masked(features, mask)
     trend = _trend_tile(model, features[model._used_index()])
     fine_valid = np.repeat(np.repeat(coarse_valid, factor, axis=0), factor, axis=1)
     if mask is not None:
         fine_valid &= np.asarray(mask, dtype=bool)
     gaps = (~np.isfinite(features) & fine_valid).reshape(features.shape[0], -1).sum(axis=1)
-    return _block_mean_tile(trend, row_weights, factor), gaps
+    return _block_mean_tile(trend, row_weights, factor), gaps, within_cell_sums(trend, factor)
 
 
 def _output_tile(
@@ -1022,7 +1025,7 @@ def _fit_tiled(model, coarse, X, mask, tile):
     model.retention_ = retention(_pooled_std([p[1] for p in parts]), coarse_std)
     z_coarse = transform.forward(values)
     n_valid = int((np.isfinite(z_coarse[0]) & np.isfinite(features_coarse[0]).all(axis=0)).sum())
-    from .downscaler import MIN_CELLS_KRIGING, MIN_CELLS_TREND
+    from .downscaler import MIN_CELLS_KRIGING, MIN_CELLS_TREND, within_cell_share
 
     needed = MIN_CELLS_KRIGING if model.residual == "atpk" else MIN_CELLS_TREND
     if n_valid < needed:
@@ -1049,6 +1052,7 @@ def _fit_tiled(model, coarse, X, mask, tile):
     )
     trend_block = assemble(parts, 0)
     gaps = np.sum([p[1] for p in parts], axis=0)
+    model.trend_within_share_ = within_cell_share(np.sum([p[2] for p in parts], axis=0))
     if gaps.any():
         names = [f"{n} ({c} pixels)" for n, c in zip(variables, gaps, strict=True) if c]
         raise ValueError(

@@ -241,16 +241,46 @@ def test_models_import_without_torch():
 
 
 def test_wald_calibration_scales_the_std(scenes):
-    scene, X = scenes["precipitation"]
-    raw = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X)
-    calibrated = Downscaler(trend="linear").fit(scene.coarse, X)
-    assert calibrated.std_scale_ > 0 and calibrated.std_scale_ != 1.0
+    # LST follows elevation: 5 % of the fine trend's variance lies inside the coarse cells, so the
+    # Wald protocol may narrow the std.
+    scene, X = scenes["lst"]
+    raw = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    calibrated = Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask)
+    assert 0 < calibrated.std_scale_ < 1.0 and calibrated.std_scale_ == calibrated.wald_scale_
     _, std_raw = raw.predict(X, return_std=True)
     _, std_cal = calibrated.predict(X, return_std=True)
     np.testing.assert_allclose(std_cal.values, calibrated.std_scale_ * std_raw.values, rtol=1e-9)
     # by construction, 90 % of the one-level-up errors fall within 1.645 calibrated std
     ratio = calibrated.calibration_ratio_ / calibrated.std_scale_
     assert np.mean(ratio <= 1.6448536269514722) == pytest.approx(0.9, abs=0.03)
+
+
+def test_within_cell_share_of_the_trend_is_its_variance_inside_the_coarse_cells(scenes):
+    """Hand-computed on the fitted fine trend: var(trend - its block means) / var(trend)."""
+    scene, X = scenes["lst"]
+    model = Downscaler(trend="linear", calibrate_std=False).fit(scene.coarse, X, mask=scene.mask)
+    trend = model._trend_cache[1][0]
+    blocks = trend.reshape(trend.shape[0] // FACTOR, FACTOR, trend.shape[1] // FACTOR, FACTOR)
+    means = np.nanmean(blocks, axis=(1, 3), keepdims=True)
+    within = np.nansum((blocks - means) ** 2)
+    total = np.nansum((trend - np.nanmean(trend)) ** 2)
+    assert model.trend_within_share_ == pytest.approx(within / total, rel=1e-9)
+    assert Downscaler(trend="none", calibrate_std=False).fit(scene.coarse, X).trend_within_share_ == 0.0
+
+
+def test_the_wald_protocol_does_not_narrow_a_std_whose_trend_varies_inside_the_cells():
+    """Soil moisture with its 1 km LST: a fifth of the fine trend's variance lies inside the coarse cells
+    (the LST's pixel detail), which the protocol one level up cannot see: the std keeps scale 1. LST follows
+    elevation, whose detail the block means keep: the protocol narrows the std."""
+    from downscale.downscaler import WALD_MAX_WITHIN_SHARE
+
+    for variable, narrowed in (("soil_moisture", False), ("lst", True)):
+        scene = ds.datasets.synthetic_scene(variable, seed=0, shape=(200, 200), factor=FACTOR)
+        X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, extra=scene.extra)
+        model = Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask)
+        assert model.std_calibration_ == "wald" and model.wald_scale_ < 1.0
+        assert (model.trend_within_share_ <= WALD_MAX_WITHIN_SHARE) == narrowed
+        assert model.std_scale_ == (model.wald_scale_ if narrowed else 1.0)
 
 
 def test_stations_given_to_fit_calibrate_the_std_by_split_conformal(scenes):

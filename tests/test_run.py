@@ -111,6 +111,7 @@ def test_tiled_step_with_the_default_selects_the_trend_as_in_memory():
     assert tiled_model.selected_trend_ == model.selected_trend_
     assert tiled_model.features_used_ == model.features_used_
     assert tiled_model.trend_weight_ == model.trend_weight_
+    assert tiled_model.trend_within_share_ == pytest.approx(model.trend_within_share_, rel=1e-9)
     np.testing.assert_allclose(tiled["lst"].values, fine.values, rtol=0, atol=1e-9, equal_nan=True)
     np.testing.assert_allclose(tiled["lst_std"].values, std.values, rtol=0, atol=1e-9, equal_nan=True)
 

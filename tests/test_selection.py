@@ -5,6 +5,8 @@ covariates (terrain and NDVI of another scene) are unrelated to it: the default 
 than 1.05 x ATPK of the field alone and no worse than bicubic interpolation.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -394,6 +396,23 @@ def test_early_stopping_on_unrelated_covariates_keeps_the_mean_and_says_so():
         ValueError, match=r"trend='lightgbm' .* kept 0 boosting rounds: .* early_stopping=False"
     ):
         ds.explain.shap_values(stopped, X, sample=50)
+
+
+def test_the_wald_calibration_keeps_the_rounds_of_the_fitted_trend():
+    """One level up the helper refits the trend as fitted: a 'lightgbm' spec keeps its 300 rounds there,
+    even when the model's early_stopping is on (as when trend="auto" chose LightGBM at full weight),
+    although early stopping would keep none of them on this storm."""
+    from downscale.run import _fit_tiled
+
+    scene = ds.datasets.synthetic_scene("precipitation", seed=0, shape=(200, 200), factor=FACTOR)
+    X = ds.covariates.build(dem=scene.dem, features=["elevation", "slope"], location=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = _fit_tiled(Downscaler(trend="lightgbm", early_stopping=False), scene.coarse, X, None, 5)
+        assert model.trend_spec_ == "lightgbm" and model.std_scale_ != 1.0
+        scale = model.std_scale_
+        model.set_params(early_stopping=True)
+        assert model._wald_scale(*model._wald_inputs) == scale
 
 
 def test_early_stopping_leaves_other_trends_and_small_scenes_alone(lst):

@@ -12,10 +12,12 @@ Measured figures (trend="lightgbm", its boosting rounds chosen by spatial CV on 
 ``early_stopping=True``, on the covariates whose block means keep at least 20 % of their fine spread),
 RMSE as a fraction of bilinear interpolation's, rounds kept, and coverage of nominal 90 % intervals:
 lst 0.728 (67 rounds) / 0.89, precipitation 0.513 (0 rounds: the constant mean, ATPK of the field; a
-warning says so) / 0.96, no2 0.772 (300) / 0.88, soil moisture 0.790 (67) / 0.39, without the LST 0.931
-(20) / 0.32. With LightGBM's 300 rounds (``early_stopping=False``): 0.745, 0.913, 0.772, 0.744, 0.856.
-The soil-moisture coverage and the terrain-only case's 0.8 x bilinear target are not met: they are pinned
-below as strict expected failures so that an improvement shows up. With ``trend_weight="cv"`` as well
+warning says so) / 0.96, no2 0.772 (300) / 0.88, soil moisture 0.790 (67) / 0.89, without the LST 0.931
+(20) / 0.88. With LightGBM's 300 rounds (``early_stopping=False``): 0.745, 0.913, 0.772, 0.744, 0.856.
+The soil-moisture coverage holds because the Wald protocol no longer narrows the std of a trend that
+varies inside the coarse cells (a fifth of its variance there; before, Wald scale 0.33 and coverage
+0.39). The terrain-only case's 0.8 x bilinear target is not met: it is pinned below as a strict
+expected failure so that an improvement shows up. With ``trend_weight="cv"`` as well
 (the stopped trees shrunk toward the mean by the blend weight of the same cross-validation): lst 0.721
 (weight 0.95), precipitation 0.513, no2 0.772 (1.00), soil moisture 0.795 (0.94), without the LST 0.931
 (1.00).
@@ -45,12 +47,14 @@ all but tied (unshrunk out-of-fold RMSE, logit space: none 0.505, linear 0.484, 
 that case is pinned as a strict expected failure.
 As a fraction of bilinear the default gives lst 0.51, precipitation 0.51, no2 0.77, soil moisture 0.50
 (without the LST 0.96). Its 90 % intervals, calibrated by the Wald protocol, cover lst 0.77,
-precipitation 0.96, no2 0.88 and soil moisture 0.55 of the truth pixels (without the LST 0.30; seed 1:
-0.56, 0.96, 0.79, 0.33, 0.18). The Wald scale (0.29-0.56) narrows an uncalibrated std that covers
-0.97-1.00 on the first three scenes and 0.84-0.94 on soil moisture; the scale that would be right is
-0.65-1.4 times it on the first three scenes and 2.2-3.9 times on soil moisture, whose error sits inside
-the coarse cells where the protocol cannot see it (one level up, the LST's block means are free of its
-1 K pixel noise). Pinned as strict expected failures for lst and soil moisture.
+precipitation 0.96, no2 0.88 and soil moisture 0.94 of the truth pixels (without the LST 0.84). The
+Wald scale (0.29-0.56) narrows an uncalibrated std that covers 0.97-1.00 on the first three scenes; the
+scale that would be right is 0.65-1.4 times it there (lst 1.38: pinned as a strict expected failure).
+On soil moisture the error sits inside the coarse cells, where the protocol cannot see it (one level
+up, the LST's block means are free of its 1 K pixel noise): the scale that would be right is 2.2-3.9
+times the Wald scale. There 14-39 % of the fine trend's variance lies inside the coarse cells (0-7.5 %
+on the other scenes), so the protocol does not narrow the std (``WALD_MAX_WITHIN_SHARE``); before,
+the soil-moisture coverage was 0.55 (without the LST 0.30).
 """
 
 import numpy as np
@@ -81,8 +85,8 @@ def _met(lst, precipitation, no2, soil_moisture, soil_moisture_terrain_only):
 
 RATIO_MET = _met(True, True, True, True, False)
 WEIGHED_RATIO_MET = _met(True, True, True, True, False)
-COVERAGE_MET = _met(True, True, True, False, False)
-DEFAULT_COVERAGE_MET = _met(False, True, True, False, False)
+COVERAGE_MET = _met(True, True, True, True, True)
+DEFAULT_COVERAGE_MET = _met(False, True, True, True, True)
 STATION_COVERAGE_MET = _met(True, True, True, False, True)
 DEFAULT_RATIO_MET = _met(True, True, True, True, False)
 POSITIVE_CONTROL_MET = _met(True, True, True, True, False)

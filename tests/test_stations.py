@@ -270,7 +270,8 @@ def test_a_dataset_is_not_a_field():
 
 
 def test_calibrate_std_makes_intervals_cover_the_station_values():
-    """Split conformal: on the soil-moisture scene the Wald-calibrated std covers ~30 % of the truth."""
+    """Split conformal: a std three times too narrow (what the Wald scale, 0.29, made of the soil-moisture
+    std before it was kept from narrowing a trend that varies inside the coarse cells) is widened back."""
     from downscale.validation import calibrate_std
 
     scene = ds.datasets.synthetic_scene("soil_moisture", seed=0)
@@ -278,8 +279,11 @@ def test_calibrate_std_makes_intervals_cover_the_station_values():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fine, std = (
-            ds.Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask).predict(X, return_std=True)
+            ds.Downscaler(trend="linear", calibrate_std=False)
+            .fit(scene.coarse, X, mask=scene.mask)
+            .predict(X, return_std=True)
         )
+    std = std * 0.3
     valid = np.isfinite(scene.truth.values)
     error = np.abs(fine.values - scene.truth.values)[valid]
 
