@@ -319,7 +319,7 @@ class Downscaler(BaseEstimator):
         when the trend varies inside the coarse cells (module notes).
     trend_within_share_ : float
         Share of the fine trend's variance (transformed space) that lies inside the coarse cells:
-        ``1 - var(its block means) / var(trend)``.
+        ``var(trend - its block means) / var(trend)`` (:func:`within_cell_share`).
     std_calibration_ : {"stations", "wald", "none"}
         What set ``std_scale_``: the stations given to :meth:`fit`, the Wald protocol, or nothing.
     std_scale_stations_ : int
@@ -886,8 +886,8 @@ class Downscaler(BaseEstimator):
         )
         residual = z_coarse.reshape(coarse.shape) - trend_block.values
         residual = np.where(np.isfinite(z_coarse.reshape(coarse.shape)), residual, np.nan)
-        self.trend_within_share_ = _within_cell_share(
-            np.nanstd(trend_fine), np.nanstd(trend_block.values), np.nanmax(np.abs(trend_fine))
+        self.trend_within_share_ = within_cell_share(
+            np.sum([within_cell_sums(step, self.factor_) for step in trend_fine], axis=0)
         )
         self.residual_coarse_ = coarse.copy(data=residual)
         self.residual_coarse_.attrs = {
@@ -1711,27 +1711,46 @@ class Downscaler(BaseEstimator):
         return float(1 - residual / total) if total > 0 else float(residual == 0)
 
 
-def _within_cell_share(fine_std, coarse_std, magnitude):
-    """Share of a fine field's variance that lies inside its coarse cells: ``1 - retention ** 2``.
+def within_cell_sums(values, factor):
+    """Sums from which :func:`within_cell_share` is computed, for one field or one tile of whole blocks.
 
-    With population variances and full blocks of equal area, the variance of the block means is the
-    between-block part of the fine variance, so the rest, ``1 - (coarse_std / fine_std) ** 2``, is the
-    within-block part (:func:`~downscale.models.trend.retention` is that ratio). A field whose spread is
-    rounding next to its ``magnitude`` (the largest absolute value) is constant: share 0.
+    Returns ``[sum, sum of squares, count, sum over blocks of block sum squared / block count]`` of the
+    finite values of ``values`` (2-D, sides multiples of ``factor``): sums over tiles or time steps add up.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    ny, nx = values.shape
+    blocks = values.reshape(ny // factor, factor, nx // factor, factor)
+    finite = np.isfinite(blocks)
+    zeroed = np.where(finite, blocks, 0.0)
+    block_sum = zeroed.sum(axis=(1, 3))
+    block_count = finite.sum(axis=(1, 3))
+    between = np.sum(block_sum[block_count > 0] ** 2 / block_count[block_count > 0])
+    return np.array([zeroed.sum(), np.sum(zeroed**2), finite.sum(), between])
+
+
+def within_cell_share(sums):
+    """Share of a fine field's variance that lies inside its coarse cells (0: constant in every cell).
+
+    ``sums`` come from :func:`within_cell_sums`: ``(sum of squares - between) / (sum of squares - sum^2 / n)``,
+    the within-block sum of squares over the total. A constant field has share 0.
 
     Examples
     --------
     >>> import numpy as np
     >>> steps = np.array([[1.0, 1.0, 3.0, 3.0], [1.0, 1.0, 3.0, 3.0]])    # constant in each 2 x 2 block
-    >>> _within_cell_share(steps.std(), np.array([1.0, 3.0]).std(), 3.0)
+    >>> float(within_cell_share(within_cell_sums(steps, 2)))
     0.0
-    >>> stripes = np.array([[0.0, 2.0, 0.0, 2.0], [0.0, 2.0, 0.0, 2.0]])  # every block has mean 1
-    >>> _within_cell_share(stripes.std(), np.array([1.0, 1.0]).std(), 2.0)
+    >>> stripes = np.array([[0.0, 2.0, 0.0, 2.0], [0.0, 2.0, 0.0, 2.0]])  # every block has the same mean
+    >>> float(within_cell_share(within_cell_sums(stripes, 2)))
     1.0
     """
-    if not np.isfinite(fine_std) or not fine_std > 1e-9 * abs(magnitude):
+    total_sum, squares, count, between = (float(v) for v in sums)
+    if count == 0:
         return 0.0
-    return float(np.clip(1.0 - retention(fine_std, coarse_std) ** 2, 0.0, 1.0))
+    total = squares - total_sum**2 / count
+    if not total > 1e-12 * max(squares, 1e-300):
+        return 0.0
+    return float(min(max((squares - between) / total, 0.0), 1.0))
 
 
 def _trend_details(n_rounds, weight, weight_from_cv):

@@ -811,18 +811,14 @@ def _masked(features, mask):
 def _features_coarse_tile(features, mask, row_weights, factor):
     """Block means of a feature tile, and per feature the count, mean and squared deviations of its pixels."""
     features = _masked(features, mask)
-    return _block_mean_tile(features, row_weights, factor), _moments(features.reshape(features.shape[0], -1))
-
-
-def _moments(flat):
-    """Per row of ``flat`` ``(k, n)``: the count, mean and squared deviations of its finite values."""
-    k = flat.shape[0]
+    k = features.shape[0]
+    flat = features.reshape(k, -1)
     finite = np.isfinite(flat)
     count = finite.sum(axis=1).astype(np.float64)
     total = np.where(finite, flat, 0.0).sum(axis=1)
     mean = np.divide(total, count, out=np.zeros(k), where=count > 0)
     squares = np.where(finite, (flat - mean[:, None]) ** 2, 0.0).sum(axis=1)
-    return np.stack([count, mean, squares])
+    return _block_mean_tile(features, row_weights, factor), np.stack([count, mean, squares])
 
 
 def _pooled_std(moments):
@@ -854,15 +850,17 @@ def _trend_tile(model, features):
 
 
 def _trend_pass_tile(model, features, mask, coarse_valid, row_weights, factor):
-    """Block mean of the fine trend, the count of covariate gaps under valid coarse cells, and the
-    trend's count, mean and squared deviations (for its pooled std)."""
+    """Block mean of the fine trend, the count of covariate gaps under valid coarse cells, and the sums of
+    the trend's within-cell share (:func:`downscale.downscaler.within_cell_sums`)."""
+    from .downscaler import within_cell_sums
+
     features = _masked(features, mask)
     trend = _trend_tile(model, features[model._used_index()])
     fine_valid = np.repeat(np.repeat(coarse_valid, factor, axis=0), factor, axis=1)
     if mask is not None:
         fine_valid &= np.asarray(mask, dtype=bool)
     gaps = (~np.isfinite(features) & fine_valid).reshape(features.shape[0], -1).sum(axis=1)
-    return _block_mean_tile(trend, row_weights, factor), gaps, _moments(trend.reshape(1, -1))
+    return _block_mean_tile(trend, row_weights, factor), gaps, within_cell_sums(trend, factor)
 
 
 def _output_tile(
@@ -1027,7 +1025,7 @@ def _fit_tiled(model, coarse, X, mask, tile):
     model.retention_ = retention(_pooled_std([p[1] for p in parts]), coarse_std)
     z_coarse = transform.forward(values)
     n_valid = int((np.isfinite(z_coarse[0]) & np.isfinite(features_coarse[0]).all(axis=0)).sum())
-    from .downscaler import MIN_CELLS_KRIGING, MIN_CELLS_TREND, _within_cell_share
+    from .downscaler import MIN_CELLS_KRIGING, MIN_CELLS_TREND, within_cell_share
 
     needed = MIN_CELLS_KRIGING if model.residual == "atpk" else MIN_CELLS_TREND
     if n_valid < needed:
@@ -1054,9 +1052,7 @@ def _fit_tiled(model, coarse, X, mask, tile):
     )
     trend_block = assemble(parts, 0)
     gaps = np.sum([p[1] for p in parts], axis=0)
-    model.trend_within_share_ = _within_cell_share(
-        _pooled_std([p[2] for p in parts])[0], np.nanstd(trend_block), np.nanmax(np.abs(trend_block))
-    )
+    model.trend_within_share_ = within_cell_share(np.sum([p[2] for p in parts], axis=0))
     if gaps.any():
         names = [f"{n} ({c} pixels)" for n, c in zip(variables, gaps, strict=True) if c]
         raise ValueError(
