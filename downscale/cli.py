@@ -287,6 +287,12 @@ def _demo(args) -> int:
         print(cv_results.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     else:
         chosen = None
+    rounds = getattr(model, "n_rounds_", None)
+    if rounds is not None:
+        step(
+            f"  LightGBM kept {rounds} of its 300 boosting rounds (early stopping on spatial folds of the "
+            "coarse cells)" + (": no round beat the mean, the trend is the constant" if rounds == 0 else "")
+        )
     if getattr(model, "station_cv_", None) is not None:
         rmse_without, rmse_with = model.station_cv_["station_rmse"]
         step(
@@ -303,7 +309,7 @@ def _demo(args) -> int:
             f"the other {len(check_stations)} check it"
         )
     elif args.calibrate == "wald":
-        step(f"  std calibrated by the Wald protocol (factor {model.std_scale_:.2f})")
+        step(f"  std calibrated by the Wald protocol (factor {model.std_scale_:.2f}{_wald_guard(model)})")
     step("Predicting the fine field and its uncertainty")
     fine, std = model.predict(covariates, return_std=True)
 
@@ -382,7 +388,7 @@ def _demo(args) -> int:
         + {
             "stations": f"std calibrated at {model.std_scale_stations_} stations, factor {model.std_scale_:.3g}; "
             f"the station scores below are of the other {len(check_stations)}",
-            "wald": f"std calibrated by the Wald protocol, factor {model.std_scale_:.3g}",
+            "wald": f"std calibrated by the Wald protocol, factor {model.std_scale_:.3g}{_wald_guard(model)}",
             "none": "std not calibrated",
         }[args.calibrate]
         + ").",
@@ -409,6 +415,17 @@ def _demo(args) -> int:
     )
     print(f"\nWrote:\n  {fine_path}\n  {maps_path}\n  {report_path}")
     return 0
+
+
+def _wald_guard(model) -> str:
+    """Why the Wald protocol's own scale was not applied, or nothing when it was."""
+    own = getattr(model, "wald_scale_", None)
+    if own is None or own == model.std_scale_:
+        return ""
+    return (
+        f"; the protocol said {own:.2f}, but {model.trend_within_share_:.0%} of the trend's variance lies "
+        "inside the coarse cells, where it cannot see, so the std is not narrowed"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

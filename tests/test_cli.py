@@ -87,3 +87,32 @@ def test_demo_can_calibrate_by_the_wald_protocol_instead(tmp_path, capsys):
     report = (output / "report.md").read_text()
     assert "std calibrated by the Wald protocol, factor" in report
     assert "40 station values lie inside" in report  # every station checks it: none calibrated it
+
+
+def test_demo_says_when_the_wald_protocol_may_not_narrow_the_std(tmp_path, capsys):
+    """Soil moisture with its LST: most of the trend's detail lies inside the coarse cells."""
+    output = tmp_path / "demo"
+    assert (
+        cli.main(["demo", "--variable", "soil_moisture", "--output", str(output), "--calibrate", "wald"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "std calibrated by the Wald protocol (factor 1.00; the protocol said 0." in printed
+    assert "of the trend's variance lies inside the coarse cells, where it cannot see" in printed
+    assert "where it cannot see, so the std is not narrowed" in (output / "report.md").read_text()
+
+
+def test_demo_with_lightgbm_says_how_many_rounds_it_kept(tmp_path, capsys, monkeypatch):
+    from downscale import datasets
+
+    # A storm the terrain does not explain: early stopping keeps no round (and SHAP is skipped).
+    small = datasets.synthetic_scene("precipitation", seed=0, shape=(200, 200), factor=10)
+    monkeypatch.setattr(datasets, "synthetic_scene", lambda variable, seed=0: small)
+    with pytest.warns(UserWarning, match="no boosting round predicts better than the constant mean"):
+        code = cli.main(
+            ["demo", "--variable", "precipitation", "--trend", "lightgbm", "--output", str(tmp_path)]
+        )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "LightGBM kept 0 of its 300 boosting rounds (early stopping on spatial folds" in printed
+    assert "no round beat the mean, the trend is the constant" in printed
+    assert "skipped: The trend='lightgbm' of this Downscaler kept 0 boosting rounds" in printed
