@@ -238,6 +238,7 @@ def _demo(args) -> int:
     import numpy as np
 
     import downscale as ds
+    from downscale.downscaler import _wald_guard
     from downscale.validation import report as report_module
 
     output = Path(args.output)
@@ -415,17 +416,6 @@ def _demo(args) -> int:
     )
     print(f"\nWrote:\n  {fine_path}\n  {maps_path}\n  {report_path}")
     return 0
-
-
-def _wald_guard(model) -> str:
-    """Why the Wald protocol's own scale was not applied, or nothing when it was."""
-    own = getattr(model, "wald_scale_", None)
-    if own is None or own == model.std_scale_:
-        return ""
-    return (
-        f"; the protocol said {own:.2f}, but {model.trend_within_share_:.0%} of the trend's variance lies "
-        "inside the coarse cells, where it cannot see, so the std is not narrowed"
-    )
 
 
 if __name__ == "__main__":  # pragma: no cover

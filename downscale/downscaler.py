@@ -1753,6 +1753,17 @@ def within_cell_share(sums):
     return float(min(max((squares - between) / total, 0.0), 1.0))
 
 
+def _wald_guard(model, scale=None) -> str:
+    """Why the Wald protocol's own scale was not applied (``scale``, default ``std_scale_``), or nothing."""
+    own = getattr(model, "wald_scale_", None)
+    if own is None or own == (model.std_scale_ if scale is None else scale):
+        return ""
+    return (
+        f"; the protocol said {own:.2f}, but {model.trend_within_share_:.0%} of the trend's variance lies "
+        "inside the coarse cells, where it cannot see, so the std is not narrowed"
+    )
+
+
 def _trend_details(n_rounds, weight, weight_from_cv):
     """What the spatial CV (or the user) set on a named trend, for its label: rounds and weight.
 

@@ -1190,8 +1190,12 @@ def _step_tiles(coarse, X, parameters, mask, tile, variables, calibration=None):
                 s,
             )
             tasks.append((fy, fx, task))
+    from .downscaler import _wald_guard
+
     calibration_note = (
-        f"wald: scale {model.std_scale_:.4g}" if model.calibrate_std and "std" in wanted else "none"
+        f"wald: scale {model.std_scale_:.4g}{_wald_guard(model)}"
+        if model.calibrate_std and "std" in wanted
+        else "none"
     )
     if calibration is not None:
         tasks, calibration_note = _calibrate_at_stations(model, tasks, wanted, calibration, wald_inputs)
@@ -1295,7 +1299,12 @@ def _calibrate_at_stations(model, tasks, wanted, stations, wald_inputs):
         note = f"stations: scale {scale:.4g} from {n} values"
     except ValueError as error:
         scale = model._wald_scale(*wald_inputs)
-        note = f"wald: scale {scale:.4g} ({str(error).split(':')[0]}; too few to calibrate at the stations)"
+        from .downscaler import _wald_guard
+
+        note = (
+            f"wald: scale {scale:.4g}{_wald_guard(model, scale)} ({str(error).split(':')[0]}; too few to "
+            "calibrate at the stations)"
+        )
         logger.warning("std calibrated by the Wald protocol: %s", error)
     new_tasks = [
         (fy, fx, dask.delayed(_scaled_std)(computed.get(k, task), i_std, scale))

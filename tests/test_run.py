@@ -728,3 +728,26 @@ def test_unet_dry_run_says_how_the_model_is_made(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "trained once (Wald protocol) on the 2 readable time step(s), saved to" in printed
     assert "model.pt" in printed and not (tmp_path / "out").exists()
+
+
+def test_tiled_step_says_when_the_wald_scale_is_not_applied():
+    """Soil moisture with its LST: a fifth of the trend's variance inside the coarse cells (as in memory)."""
+    scene = ds.datasets.synthetic_scene("soil_moisture", seed=0, shape=(200, 200), factor=10)
+    X = ds.covariates.build(dem=scene.dem, ndvi=scene.ndvi, location=True, extra=scene.extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = downscale_step(
+            scene.coarse, X, {"trend": "linear"}, mask=scene.mask, tile=7, variables=["mean", "std"]
+        )
+        model = ds.Downscaler(trend="linear").fit(scene.coarse, X, mask=scene.mask)
+    note = out.attrs["downscale_std_calibration"]
+    assert note.startswith(f"wald: scale 1; the protocol said {model.wald_scale_:.2f}, but ")
+    assert note.endswith(
+        "of the trend's variance lies inside the coarse cells, where it cannot see, so the std is not narrowed"
+    )
+    np.testing.assert_allclose(
+        out["soil_moisture_std"].values,
+        model.predict(X, return_std=True)[1].values,
+        atol=1e-9,
+        equal_nan=True,
+    )
