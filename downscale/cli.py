@@ -291,7 +291,8 @@ def _demo(args) -> int:
     rounds = getattr(model, "n_rounds_", None)
     if rounds is not None:
         step(
-            f"  LightGBM kept {rounds} of its 300 boosting rounds (early stopping on spatial folds of the "
+            f"  LightGBM kept {rounds} of its {int(model.rounds_cv_['n_rounds'].max())} boosting rounds "
+            "(early stopping on spatial folds of the "
             "coarse cells)" + (": no round beat the mean, the trend is the constant" if rounds == 0 else "")
         )
     if getattr(model, "station_cv_", None) is not None:

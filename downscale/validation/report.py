@@ -141,8 +141,6 @@ def _selection_lines(model) -> list:
                 "",
                 markdown_table(table, index=False),
             ]
-    elif table is None:
-        lines.append(f"Trend: {chosen}, set by the user (no selection).")
     else:
         weight = getattr(model, "trend_weight_", 1.0)
         lines.append(
