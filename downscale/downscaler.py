@@ -314,9 +314,9 @@ class Downscaler(BaseEstimator):
         Computed on first use (``predict(..., return_std=True)``): its spatial cross-validation refits
         the trend, a cost a prediction without std does not pay.
     std_scale_ : float, the calibration factor of the standard deviation
-    wald_scale_ : float
-        The Wald protocol's scale (set when it ran), before the guard that keeps ``std_scale_`` at 1
-        when the trend varies inside the coarse cells (module notes).
+    wald_scale_ : float or None
+        The Wald protocol's scale, before the guard that keeps ``std_scale_`` at 1 when the trend varies
+        inside the coarse cells (module notes); None when the protocol did not set the scale.
     trend_within_share_ : float
         Share of the fine trend's variance (transformed space) that lies inside the coarse cells:
         ``var(trend - its block means) / var(trend)`` (:func:`within_cell_share`).
@@ -828,6 +828,7 @@ class Downscaler(BaseEstimator):
         self.station_values_ = 0
         self.station_rows_ = None
         self.std_scale_ = 1.0
+        self.wald_scale_ = None
         self.std_calibration_ = "none"
         self.std_scale_stations_ = 0
         if stations is not None and not self.calibrate_std and self.station_trend is False:

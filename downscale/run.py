@@ -1068,6 +1068,7 @@ def _fit_tiled(model, coarse, X, mask, tile):
         model.atpk_ = model._fit_kriging(lazy, 1)
     model.trend_variance_ = model._trend_variance(features_coarse, z_coarse, residual.reshape(1, -1), [[0]])
     model.std_scale_ = 1.0
+    model.wald_scale_ = None
     model._wald_inputs = (coarse, features_coarse, X)  # for a Wald calibration after the fit (_step_tiles)
     if model.calibrate_std:
         model.std_scale_ = model._wald_scale(coarse, features_coarse, X)

@@ -281,6 +281,9 @@ def test_the_wald_protocol_does_not_narrow_a_std_whose_trend_varies_inside_the_c
         assert model.std_calibration_ == "wald" and model.wald_scale_ < 1.0
         assert (model.trend_within_share_ <= WALD_MAX_WITHIN_SHARE) == narrowed
         assert model.std_scale_ == (model.wald_scale_ if narrowed else 1.0)
+        # Refitted with stations on the same object, the Wald scale of the first fit is not left behind.
+        model.fit(scene.coarse, X, mask=scene.mask, stations=scene.stations, station_noise="noise_std")
+        assert model.std_calibration_ == "stations" and model.wald_scale_ is None
 
 
 def test_stations_given_to_fit_calibrate_the_std_by_split_conformal(scenes):
